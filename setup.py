@@ -1,0 +1,47 @@
+"""protjax: pretrain, export, embed with and probe protein language models in JAX/Flax."""
+from setuptools import find_packages, setup
+
+# seqio pins nothing on TensorFlow itself; tensorflow-text drags in a matching
+# tensorflow, which seqio's pipelines run on (CPU only: data never touches the
+# accelerators).
+INSTALL_REQUIRES = [
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "seqio>=0.0.20",
+    "tensorflow-datasets",
+    "gin-config>=0.5",
+    "ml-collections",
+    "numpy",
+    "h5py",
+    "tqdm",
+    "tensorboard",
+    "matplotlib",
+    "scikit-learn",
+]
+HF = ["torch==2.13.0", "transformers>=5", "safetensors"]
+TEST = ["pytest", "pytest-timeout"] + HF
+
+setup(
+    name="protjax",
+    version="0.1.0",
+    description="ProtTrans-style protein language models in JAX/Flax: "
+    "pretraining, export, embedding and frozen-embedding probes.",
+    packages=find_packages(include=["protjax", "protjax.*", "tasks", "tasks.*"]),
+    package_data={"protjax": ["data/sample/*", "../gin_configs/**/*.gin"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"hf": HF, "test": TEST},
+    entry_points={
+        "console_scripts": [
+            "protjax-data=protjax.data.cli:main",
+            "protjax-train=protjax.train:main",
+            "protjax-export=protjax.export:export_main",
+            "protjax-import=protjax.export:import_main",
+            "protjax-embed=protjax.embed:main",
+            "protjax-probe=protjax.probes.cli:main",
+        ]
+    },
+)
