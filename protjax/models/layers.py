@@ -1,0 +1,180 @@
+"""Shared Flax linen building blocks: projections, RMS norm, MLP, embedding.
+
+Every parameter is created with `param_with_axes` and logical names from
+`protjax.axes`, so a model is split over a mesh by the partitioning rules
+alone. Parameters are always float32; each module casts them to its compute
+`dtype` at use (t5x convention), which also lets a caller pass parameters that
+are already in half precision (the inference path).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.linen import partitioning as nn_partitioning
+
+from protjax import axes
+
+param_with_axes = nn_partitioning.param_with_axes
+with_sharding_constraint = nn_partitioning.with_sharding_constraint
+
+Initializer = Callable[..., jnp.ndarray]
+DType = jnp.dtype
+
+
+def _normalize_axes(axes_: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+  if isinstance(axes_, int):
+    axes_ = (axes_,)
+  return tuple(a if a >= 0 else a + ndim for a in axes_)
+
+
+def fan_in_init(scale: float = 1.0, distribution: str = "truncated_normal",
+                num_in_axes: int = 1) -> Initializer:
+  """Variance-scaling (fan-in) init for a kernel whose first `num_in_axes` are inputs.
+
+  t5x uses `variance_scaling(1.0, 'fan_in', ...)` for every dense kernel; the
+  input axes must be named explicitly for multi-axis kernels such as
+  `[heads, kv, embed]`, where fan-in is `heads * kv`.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    in_axis = tuple(range(num_in_axes))
+    out_axis = tuple(range(num_in_axes, len(shape)))
+    return nn.initializers.variance_scaling(
+        scale, "fan_in", distribution, in_axis=in_axis, out_axis=out_axis)(key, shape, dtype)
+  return init
+
+
+class DenseGeneral(nn.Module):
+  """Bias-free linear map contracting the trailing `num_in_axes` input axes.
+
+  Kernel shape is `in_shape + features`, e.g. `[embed, heads, kv]` for a query
+  projection (`features=(heads, kv)`) or `[heads, kv, embed]` for the output
+  projection (`num_in_axes=2`).
+
+  Attributes:
+    features: output feature shape.
+    kernel_axes: logical names of the kernel axes (input axes first).
+    num_in_axes: how many trailing input axes are contracted.
+    dtype: compute dtype.
+    kernel_init: initializer (receives the full kernel shape).
+  """
+  features: int | Sequence[int]
+  kernel_axes: tuple[str, ...]
+  num_in_axes: int = 1
+  dtype: DType = jnp.float32
+  kernel_init: Initializer | None = None
+
+  @nn.compact
+  def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    in_shape = inputs.shape[inputs.ndim - self.num_in_axes:]
+    kernel_shape = tuple(in_shape) + features
+    assert len(self.kernel_axes) == len(kernel_shape), (self.kernel_axes, kernel_shape)
+    init = self.kernel_init or fan_in_init(num_in_axes=self.num_in_axes)
+    kernel = param_with_axes("kernel", init, kernel_shape, jnp.float32, axes=self.kernel_axes)
+    kernel = jnp.asarray(kernel, self.dtype)
+    inputs = jnp.asarray(inputs, self.dtype)
+    contract_in = tuple(range(inputs.ndim - self.num_in_axes, inputs.ndim))
+    contract_k = tuple(range(self.num_in_axes))
+    return jax.lax.dot_general(inputs, kernel, ((contract_in, contract_k), ((), ())))
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: `x * rsqrt(mean(x^2) + eps) * scale`, no mean, no bias.
+
+  Always computed in float32 (also when `x` and `scale` are half precision),
+  then cast to `dtype`. Input/output `[..., embed]`.
+  """
+  epsilon: float = 1e-6
+  dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    scale = param_with_axes("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32,
+                            axes=(axes.EMBED,))
+    x = jnp.asarray(x, jnp.float32)
+    mean2 = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    y = x * jax.lax.rsqrt(mean2 + self.epsilon) * jnp.asarray(scale, jnp.float32)
+    return jnp.asarray(y, self.dtype)
+
+
+class MlpBlock(nn.Module):
+  """T5 v1.0 feed-forward: `wo(dropout(relu(wi(x))))`, no gating, no biases.
+
+  Input/output `[batch, length, embed]`; intermediate `[batch, length, mlp]`.
+  """
+  d_ff: int
+  dropout_rate: float = 0.1
+  dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+    assert x.ndim == 3, x.shape
+    h = DenseGeneral(self.d_ff, kernel_axes=(axes.EMBED, axes.MLP), dtype=self.dtype,
+                     name="wi")(x)
+    h = nn.relu(h)
+    h = with_sharding_constraint(h, (axes.BATCH, axes.LENGTH, axes.ACT_MLP))
+    h = nn.Dropout(rate=self.dropout_rate)(h, deterministic=deterministic)
+    out = DenseGeneral(x.shape[-1], kernel_axes=(axes.MLP, axes.EMBED), dtype=self.dtype,
+                       name="wo")(h)
+    return out
+
+
+class Embed(nn.Module):
+  """Token embedding `[vocab, embed]`, also used (tied) as the output softmax.
+
+  Initialised normal(std 1.0) as in t5x/Mesh-TF, whose T5 scales nothing at
+  the input; the output side is scaled by `d_model**-0.5` in the decoder.
+  """
+  num_embeddings: int
+  features: int
+  dtype: DType = jnp.float32
+
+  def setup(self):
+    self.embedding = param_with_axes(
+        "embedding", nn.initializers.normal(stddev=1.0),
+        (self.num_embeddings, self.features), jnp.float32, axes=(axes.VOCAB, axes.EMBED))
+
+  def __call__(self, ids: jnp.ndarray) -> jnp.ndarray:
+    """`[batch, length]` int -> `[batch, length, embed]` in `dtype`."""
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+      raise ValueError(f"token ids must be integers, got {ids.dtype}")
+    # A gather (not one-hot matmul): cheap, and exact for every dtype.
+    return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+
+  def attend(self, query: jnp.ndarray) -> jnp.ndarray:
+    """Logits against the tied table, in float32: `[..., embed] -> [..., vocab]`."""
+    table = jnp.asarray(self.embedding, jnp.float32)
+    return jnp.einsum("...e,ve->...v", jnp.asarray(query, jnp.float32), table)
+
+
+class RelativePositionTable(nn.Module):
+  """The per-stack relative position bias table `[heads, relpos_buckets]`.
+
+  Only holds the parameter; `protjax.models.attention.RelativeBias` turns it
+  into per-(query, key) biases, either materialised or block by block.
+  """
+  num_heads: int
+  num_buckets: int = 32
+
+  @nn.compact
+  def __call__(self) -> jnp.ndarray:
+    # t5x: variance_scaling(1.0, 'fan_avg', 'uniform').
+    return param_with_axes(
+        "rel_embedding", nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+        (self.num_heads, self.num_buckets), jnp.float32, axes=(axes.HEADS, axes.RELPOS_BUCKETS))
+
+
+def clamp_half(x: jnp.ndarray) -> jnp.ndarray:
+  """Keeps float16 activations finite (as HF T5 does); no-op for other dtypes.
+
+  T5's residual stream can exceed the float16 range in deep models; clamping
+  just below the maximum keeps the next RMS norm finite.
+  """
+  if x.dtype != jnp.float16:
+    return x
+  limit = float(np.finfo(np.float16).max) - 1000.0
+  return jnp.clip(x, -limit, limit)
