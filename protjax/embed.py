@@ -1,0 +1,594 @@
+"""Embed proteins with a protjax T5 encoder: FASTA in, HDF5 out (`protjax-embed`).
+
+The pipeline, as ESM's `extract.py` and ProtTrans' embedder do it, but with a
+small fixed set of padded shapes so jit compiles a handful of programs:
+
+1. read and validate every record up front (an error never leaves output);
+2. sort by length (longest first) and bucket each protein's token count
+   (residues + `</s>`) onto a fixed ladder of lengths;
+3. per bucket, batch `token_budget // bucket_len` proteins (a multiple of the
+   local device count), padding the last batch with dummy rows;
+4. run the encoder data-parallel over all local devices (params replicated,
+   batch sharded); above `long_threshold` tokens use blockwise attention (memory
+   linear in length) and one protein per device;
+5. drop the `</s>` row and padding, mean-pool the residues for per-protein
+   vectors, write one dataset per protein (resumable: ids already in the
+   output are skipped).
+
+Library entry points: `Embedder` (model + batching + jitted forward),
+`embed_fasta(...)` (the whole pipeline) and `main` (the CLI).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from protjax.errors import InputError, cli_main
+from protjax.vocab import PROTT5_RESIDUES, ProtT5Vocabulary
+
+# Token-length ladder for padded shapes: powers of two and the halfway points
+# (x1.5), so padding wastes at most a third and on average ~15%. Lengths above
+# the ladder round up to a multiple of `long_step`.
+DEFAULT_LADDER = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536,
+                  2048, 3072, 4096)
+DEFAULT_LONG_THRESHOLD = 4096   # tokens; longer buckets use blockwise attention
+DEFAULT_LONG_STEP = 4096        # bucket granularity above the ladder
+DEFAULT_TOKEN_BUDGET = 16384    # padded tokens per batch (all devices together)
+DEFAULT_MAX_LENGTH = 40000      # residues; titin (~35k) fits
+VALID_RESIDUES = frozenset(PROTT5_RESIDUES + PROTT5_RESIDUES.lower())
+DTYPES = ("float32", "bfloat16", "float16")
+STORAGE_DTYPES = ("float32", "float16")
+EOS_ID = 1
+PAD_ID = 0
+
+
+# --------------------------------------------------------------------------
+# Batching: pure functions of the lengths, no JAX.
+# --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Batching:
+  """How proteins are grouped into fixed padded shapes.
+
+  Attributes:
+    token_budget: padded tokens per batch, over all devices together.
+    ladder: increasing bucket lengths (tokens, `</s>` included).
+    long_threshold: buckets longer than this are "long": blockwise attention,
+      one protein per device.
+    long_step: above the ladder, lengths round up to a multiple of this.
+    num_shards: every batch size is a multiple of this (the device count).
+  """
+  token_budget: int = DEFAULT_TOKEN_BUDGET
+  ladder: tuple[int, ...] = DEFAULT_LADDER
+  long_threshold: int = DEFAULT_LONG_THRESHOLD
+  long_step: int = DEFAULT_LONG_STEP
+  num_shards: int = 1
+
+  def __post_init__(self):
+    if list(self.ladder) != sorted(set(self.ladder)) or not self.ladder:
+      raise ValueError(f"ladder must be strictly increasing, got {self.ladder}")
+    if min(self.token_budget, self.long_step, self.num_shards) < 1:
+      raise ValueError("token_budget, long_step and num_shards must be positive")
+
+  def bucket(self, num_tokens: int) -> int:
+    """Padded length for a protein of `num_tokens` tokens (`</s>` included)."""
+    for b in self.ladder:
+      if num_tokens <= b:
+        return b
+    return -(-num_tokens // self.long_step) * self.long_step
+
+  def is_long(self, bucket_len: int) -> bool:
+    return bucket_len > self.long_threshold
+
+  def batch_size(self, bucket_len: int) -> int:
+    """Rows per batch: the budget's worth, rounded down to a multiple of the
+    shard count (at least one row per shard); long buckets: one per shard."""
+    if self.is_long(bucket_len):
+      return self.num_shards
+    rows = self.token_budget // bucket_len
+    return max(self.num_shards, rows // self.num_shards * self.num_shards)
+
+  def plan(self, num_tokens: Sequence[int]) -> list[tuple[int, list[int]]]:
+    """Groups proteins (by index) into batches, longest first.
+
+    Args:
+      num_tokens: tokens per protein (residues + 1).
+
+    Returns:
+      `[(bucket_len, indices)]`, each with `len(indices) <= batch_size(bucket_len)`;
+      every index appears exactly once. Ties keep input order (deterministic).
+    """
+    order = sorted(range(len(num_tokens)), key=lambda i: (-num_tokens[i], i))
+    batches: list[tuple[int, list[int]]] = []
+    for i in order:
+      b = self.bucket(num_tokens[i])
+      if batches and batches[-1][0] == b and len(batches[-1][1]) < self.batch_size(b):
+        batches[-1][1].append(i)
+      else:
+        batches.append((b, [i]))
+    return batches
+
+
+def pad_batch(token_rows: Sequence[np.ndarray], bucket_len: int,
+              batch_size: int) -> np.ndarray:
+  """Stacks token rows into `[batch_size, bucket_len]` int32, padded with 0.
+
+  Dummy rows (beyond `len(token_rows)`) hold a lone `</s>`, so no row is fully
+  masked (a fully masked softmax row could give NaN, harmless but noisy).
+  """
+  if len(token_rows) > batch_size:
+    raise ValueError(f"{len(token_rows)} rows do not fit a batch of {batch_size}")
+  out = np.full((batch_size, bucket_len), PAD_ID, np.int32)
+  out[len(token_rows):, 0] = EOS_ID
+  for r, row in enumerate(token_rows):
+    if len(row) > bucket_len:
+      raise ValueError(f"row of {len(row)} tokens does not fit length {bucket_len}")
+    out[r, :len(row)] = row
+  return out
+
+
+# --------------------------------------------------------------------------
+# Records: validation and tokenisation.
+# --------------------------------------------------------------------------
+def validate_records(records: Iterable[tuple[str, str]], *, max_length: int,
+                     path: Optional[str] = None) -> list[tuple[str, str]]:
+  """Reads all `(id, sequence)` records and checks each, before any output.
+
+  Raises:
+    InputError naming the file and record: empty sequence, longer than
+    `max_length`, a character that is not one of the 25 ProtT5 residue letters,
+    or a duplicate id (ids name the HDF5 datasets).
+  """
+  out, seen = [], set()
+  for rec_id, seq in records:
+    seq = seq.replace(" ", "")
+    if not seq:
+      raise InputError("empty sequence", path=path, record=rec_id)
+    if len(seq) > max_length:
+      raise InputError(f"sequence of {len(seq)} residues is longer than "
+                       f"--max_length {max_length}", path=path, record=rec_id)
+    bad = next((k for k, c in enumerate(seq) if c not in VALID_RESIDUES), None)
+    if bad is not None:
+      raise InputError(f"invalid residue {seq[bad]!r} (allowed: {PROTT5_RESIDUES}, "
+                       "either case)", path=path, record=rec_id, position=bad + 1)
+    if rec_id in seen:
+      raise InputError("duplicate id", path=path, record=rec_id)
+    seen.add(rec_id)
+    out.append((rec_id, seq))
+  return out
+
+
+def tokenize(seq: str, vocab: ProtT5Vocabulary) -> np.ndarray:
+  """Residues -> int32 ids with `</s>` appended: `[len(seq) + 1]`."""
+  ids = np.asarray(vocab.encode(seq), np.int32)
+  return np.concatenate([ids, np.array([vocab.eos_id], np.int32)])
+
+
+# --------------------------------------------------------------------------
+# The embed loop, written against a batch function (testable without a model).
+# --------------------------------------------------------------------------
+RunBatch = Callable[[np.ndarray], tuple[Optional[np.ndarray], Optional[np.ndarray]]]
+
+
+def pooled_run_batch(encode_fn: Callable[[np.ndarray], np.ndarray], *,
+                     per_residue: bool = True, per_protein: bool = True) -> RunBatch:
+  """Wraps `encode_fn(tokens [b, l]) -> [b, l, d]` into a `RunBatch`.
+
+  The wrapper returns `(hidden [b, l, d] | None, mean [b, d] | None)`, the
+  mean over residue positions (token id > 1: no padding, no `</s>`).
+  """
+  def run(tokens):
+    hidden = np.asarray(encode_fn(tokens))
+    mean = masked_mean(hidden, tokens, np) if per_protein else None
+    return (hidden if per_residue else None), mean
+  return run
+
+
+def masked_mean(hidden, tokens, xnp):
+  """Mean over residues (ids > 1) in float32: `[b, l, d], [b, l] -> [b, d]`."""
+  mask = (tokens > EOS_ID).astype(xnp.float32)[..., None]   # [b, l, 1]
+  total = (hidden.astype(xnp.float32) * mask).sum(axis=1)   # [b, d]
+  count = xnp.maximum(mask.sum(axis=1), 1.0)                # [b, 1]
+  return total / count
+
+
+def embed_loop(records: Sequence[tuple[str, str]], run_batch: RunBatch,
+               batching: Batching, *, vocab: Optional[ProtT5Vocabulary] = None,
+               run_long: Optional[RunBatch] = None,
+               progress: Optional[Callable[[int], None]] = None,
+               ) -> Iterator[tuple[str, Optional[np.ndarray], Optional[np.ndarray]]]:
+  """Embeds validated records; yields `(id, per_residue [n, d], per_protein [d])`.
+
+  Output order is the batch plan's (longest first), not the input order.
+  `run_long` (default `run_batch`) handles buckets above the long threshold.
+  One batch is kept in flight: the next is dispatched before the previous
+  result is read back, so host work overlaps device work under async dispatch.
+  `progress(n_residues)` is called after each batch.
+  """
+  vocab = vocab or ProtT5Vocabulary()
+  tokens = [tokenize(seq, vocab) for _, seq in records]
+  plan = batching.plan([len(t) for t in tokens])
+
+  def finish(pending):
+    indices, result = pending
+    hidden, mean = result
+    # Device -> host copies happen here (np.asarray on a jax.Array).
+    hidden = None if hidden is None else np.asarray(hidden)
+    mean = None if mean is None else np.asarray(mean)
+    for r, i in enumerate(indices):
+      n = len(tokens[i]) - 1   # residues; drops the `</s>` row
+      yield (records[i][0], None if hidden is None else hidden[r, :n],
+             None if mean is None else mean[r])
+    if progress is not None:
+      progress(sum(len(tokens[i]) - 1 for i in indices))
+
+  pending = None
+  for bucket_len, indices in plan:
+    batch = pad_batch([tokens[i] for i in indices], bucket_len,
+                      batching.batch_size(bucket_len))
+    fn = run_long if (run_long is not None and batching.is_long(bucket_len)) else run_batch
+    result = fn(batch)
+    if pending is not None:
+      yield from finish(pending)
+    pending = (indices, result)
+  if pending is not None:
+    yield from finish(pending)
+
+
+# --------------------------------------------------------------------------
+# Model loading.
+# --------------------------------------------------------------------------
+def is_hf_directory(directory: str) -> bool:
+  """A Hugging Face model directory has a `config.json` next to its weights."""
+  return os.path.isfile(os.path.join(directory, "config.json"))
+
+
+def load_model(directory: str | os.PathLike):
+  """Loads encoder params from a protjax params checkpoint or a HF T5 dir.
+
+  Returns:
+    `(params, config, kind)`, params reduced to the encoder-only subtrees
+    (`token_embedder`, `encoder`), as float32 host arrays.
+
+  Raises:
+    InputError when `directory` is not a directory or holds neither format.
+  """
+  from protjax import export   # deferred: pulls in orbax / safetensors
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    raise InputError("model directory does not exist", path=directory)
+  if is_hf_directory(directory):
+    params, config, kind = export.import_hf(directory)
+  else:
+    params, config, kind = export.load_params_checkpoint(directory)
+  missing = [k for k in ("token_embedder", "encoder") if k not in params]
+  if missing:
+    raise InputError(f"checkpoint has no {', '.join(missing)} parameters "
+                     "(not a T5 encoder?)", path=directory)
+  return {k: params[k] for k in ("token_embedder", "encoder")}, config, kind
+
+
+def _choose_model_parallel(param_bytes: int, devices) -> int:
+  """Smallest model-parallel size whose param shard fits in ~half a device.
+
+  Devices that report no memory limit (CPU) get 1: the host has the memory.
+  """
+  from protjax import partitioning
+  stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+  limit = (stats or {}).get("bytes_limit")
+  if not limit:
+    return 1
+  for mp in partitioning.MODEL_PARALLEL_SIZES:
+    if len(devices) % mp == 0 and param_bytes / mp < 0.5 * limit:
+      return mp
+  raise InputError(f"the model's {param_bytes / 2**30:.1f} GiB of parameters do not "
+                   f"fit {len(devices)} devices of {limit / 2**30:.1f} GiB")
+
+
+# --------------------------------------------------------------------------
+# The embedder: model + batching + one jitted forward per (attention, outputs).
+# --------------------------------------------------------------------------
+class Embedder:
+  """A T5 encoder ready to embed: params placed on all local devices.
+
+  Args:
+    params: encoder params (`token_embedder`, `encoder` subtrees).
+    config: the model's `T5Config`.
+    model_name: stored as the `model` attribute of output files.
+    dtype: compute dtype ("float32", "bfloat16", "float16"); params are cast
+      to it for inference (the model keeps layer norm in float32).
+    storage_dtype: dtype of the written per-residue arrays.
+    token_budget, max_length, ladder, long_threshold, long_step: see `Batching`
+      and `validate_records`.
+    model_parallel: devices per model replica; "auto" picks the smallest size
+      whose parameter shard fits the device memory (1 on CPU).
+    devices: default `jax.local_devices()`.
+  """
+
+  def __init__(self, params, config, *, model_name: str = "protjax",
+               dtype: str = "float32", storage_dtype: str = "float32",
+               token_budget: int = DEFAULT_TOKEN_BUDGET,
+               max_length: int = DEFAULT_MAX_LENGTH,
+               ladder: Sequence[int] = DEFAULT_LADDER,
+               long_threshold: int = DEFAULT_LONG_THRESHOLD,
+               long_step: int = DEFAULT_LONG_STEP,
+               model_parallel: int | str = "auto", devices=None):
+    import jax
+    import jax.numpy as jnp
+    from protjax import partitioning
+    if dtype not in DTYPES:
+      raise InputError(f"--dtype {dtype!r} is not one of {DTYPES}")
+    if storage_dtype not in STORAGE_DTYPES:
+      raise InputError(f"storage dtype {storage_dtype!r} is not one of {STORAGE_DTYPES}")
+    if token_budget < 1 or max_length < 1:
+      raise InputError("--token_budget and --max_length must be positive")
+    self.model_name = model_name
+    self.dtype = dtype
+    self.storage_dtype = storage_dtype
+    self.max_length = max_length
+    self.vocab = ProtT5Vocabulary()
+    self.config = dataclasses.replace(config, dtype=dtype, dropout_rate=0.0)
+    self.dim = int(config.d_model)
+    devices = list(jax.local_devices() if devices is None else devices)
+    cast = lambda x: (jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype,
+                                                               jnp.floating) else x)
+    params = jax.tree.map(cast, params)
+    param_bytes = partitioning.num_bytes(params)
+    if model_parallel == "auto":
+      model_parallel = _choose_model_parallel(param_bytes, devices)
+    self.partitioner = partitioning.make_partitioner(
+        int(model_parallel), rules="tp" if int(model_parallel) > 1 else "dp",
+        devices=devices)
+    self.batching = Batching(token_budget=token_budget, ladder=tuple(ladder),
+                             long_threshold=long_threshold, long_step=long_step,
+                             num_shards=self.partitioner.data_size)
+    self._param_shardings = self._shardings_for(params)
+    self.params = jax.device_put(params, self._param_shardings)
+    self._fns: dict = {}
+
+  @classmethod
+  def from_directory(cls, directory: str | os.PathLike, **kwargs) -> "Embedder":
+    """Loads a params checkpoint or HF directory (auto-detected)."""
+    params, config, _ = load_model(directory)
+    kwargs.setdefault("model_name", os.path.basename(os.path.abspath(directory)))
+    return cls(params, config, **kwargs)
+
+  def _module(self, long: bool):
+    from protjax.models import t5
+    cfg = dataclasses.replace(self.config, attention_impl="blockwise") if long else self.config
+    return t5.T5Encoder(cfg)
+
+  def _shardings_for(self, params):
+    import jax
+    module = self._module(long=False)
+    dummy = jax.ShapeDtypeStruct((1, 8), jax.numpy.int32)
+    abstract = jax.eval_shape(lambda t: module.init(jax.random.PRNGKey(0), t), dummy)
+    params_axes = abstract.get("params_axes")
+    if params_axes is None or self.partitioner.model_size == 1:
+      return jax.tree.map(lambda _: self.partitioner.replicated(), params)
+    sub = {k: params_axes[k] for k in params if k in params_axes}
+    return self.partitioner.param_shardings(params, sub)
+
+  def options(self) -> dict:
+    """What changes the numbers: stored as the files' `options` attribute."""
+    return {"dtype": self.dtype, "storage_dtype": self.storage_dtype,
+            "eos_dropped": True, "pooling": "mean over residues",
+            "attention_impl": self.config.attention_impl,
+            "long_threshold": self.batching.long_threshold}
+
+  def forward_fn(self, *, long: bool, per_residue: bool = True,
+                 per_protein: bool = True):
+    """Jitted `(params, tokens [b, l]) -> (hidden [b, l, d] | None, mean [b, d] | None)`."""
+    key = (long, per_residue, per_protein)
+    if key in self._fns:
+      return self._fns[key]
+    import jax
+    import jax.numpy as jnp
+    module = self._module(long)
+    storage = jnp.dtype(self.storage_dtype)
+
+    def forward(params, tokens):
+      hidden = module.apply({"params": params}, tokens)        # [b, l, d]
+      return (hidden.astype(storage) if per_residue else None,
+              masked_mean(hidden, tokens, jnp) if per_protein else None)
+
+    batch = self.partitioner.batch_sharding()
+    fn = jax.jit(forward, in_shardings=(self._param_shardings, batch),
+                 out_shardings=batch)
+    self._fns[key] = fn
+    return fn
+
+  def run_batch_fn(self, *, long: bool, per_residue: bool = True,
+                   per_protein: bool = True) -> RunBatch:
+    """A `RunBatch` for `embed_loop`: dispatches asynchronously."""
+    import jax
+    fn = self.forward_fn(long=long, per_residue=per_residue, per_protein=per_protein)
+    sharding = self.partitioner.batch_sharding()
+
+    def run(tokens: np.ndarray):
+      with self.partitioner.activation_context():
+        return fn(self.params, jax.device_put(tokens, sharding))
+    return run
+
+  def encode(self, tokens: np.ndarray, *, long: bool = False) -> np.ndarray:
+    """The raw encoder on one padded batch: `[b, l] -> [b, l, d]` (storage dtype)."""
+    hidden, _ = self.run_batch_fn(long=long, per_protein=False)(np.asarray(tokens, np.int32))
+    return np.asarray(hidden)
+
+  def embed(self, records: Iterable[tuple[str, str]], *, per_residue: bool = True,
+            per_protein: bool = True, progress: Optional[Callable[[int], None]] = None,
+            path: Optional[str] = None):
+    """Validates then embeds `(id, sequence)` records; yields
+    `(id, per_residue [n, d] | None, per_protein [d] | None)`, longest first."""
+    records = validate_records(records, max_length=self.max_length, path=path)
+    return embed_loop(
+        records,
+        self.run_batch_fn(long=False, per_residue=per_residue, per_protein=per_protein),
+        self.batching, vocab=self.vocab,
+        run_long=self.run_batch_fn(long=True, per_residue=per_residue,
+                                   per_protein=per_protein),
+        progress=progress)
+
+  def embed_sequences(self, sequences: Sequence[str]) -> list[np.ndarray]:
+    """Per-residue embeddings of plain sequences, in input order."""
+    records = [(str(i), s) for i, s in enumerate(sequences)]
+    out = {rid: res for rid, res, _ in self.embed(records, per_protein=False)}
+    return [out[str(i)] for i in range(len(sequences))]
+
+
+# --------------------------------------------------------------------------
+# FASTA -> HDF5.
+# --------------------------------------------------------------------------
+def _check_existing(writer) -> None:
+  """InputError if `writer`'s partial or final file exists for another model."""
+  from protjax import embeddings_io
+  for path in (writer.partial_path, writer.path):
+    if os.path.exists(path):
+      embeddings_io.check_compatible(
+          embeddings_io.read_attrs(path), path, model=writer.attrs.model,
+          dim=writer.attrs.dim, kind=writer.attrs.kind)
+
+
+def embed_fasta(model: "str | os.PathLike | Embedder", fasta: str | os.PathLike, *,
+                per_residue: Optional[str | os.PathLike] = None,
+                per_protein: Optional[str | os.PathLike] = None,
+                progress: bool = False,
+                on_written: Optional[Callable[[str], None]] = None,
+                **embedder_kwargs) -> dict:
+  """Embeds every protein of `fasta` into HDF5 files (resumable, atomic).
+
+  Args:
+    model: an `Embedder`, or a model directory (params checkpoint or HF).
+    fasta: input FASTA (plain or gzipped).
+    per_residue, per_protein: output paths (at least one).
+    progress: show a tqdm bar with residues/s.
+    on_written: called with each id once all its outputs are flushed.
+    **embedder_kwargs: `Embedder` options when `model` is a directory.
+
+  Returns:
+    Summary dict: `proteins`, `embedded`, `skipped`, `residues`, `seconds`.
+
+  Raises:
+    InputError (before any output is created) for bad records, or an existing
+    output written by a model of another dimension / name / kind.
+  """
+  from protjax.data.readers import read_fasta
+  from protjax.embeddings_io import EmbeddingWriter
+  if per_residue is None and per_protein is None:
+    raise InputError("give at least one of --per_residue / --per_protein")
+  fasta = os.fspath(fasta)
+  embedder = model if isinstance(model, Embedder) else Embedder.from_directory(
+      model, **embedder_kwargs)
+  # Read and check everything before any output exists.
+  records = validate_records(read_fasta(fasta, max_length=embedder.max_length),
+                             max_length=embedder.max_length, path=fasta)
+  outputs = [(kind, os.fspath(p)) for kind, p in
+             (("per_residue", per_residue), ("per_protein", per_protein)) if p is not None]
+  writers = [EmbeddingWriter(p, model=embedder.model_name, dim=embedder.dim,
+                             kind=kind, options=embedder.options(),
+                             dtype=embedder.storage_dtype if kind == "per_residue"
+                             else "float32")
+             for kind, p in outputs]
+  # Refuse an incompatible existing output before creating any file.
+  for w in writers:
+    _check_existing(w)
+  t0 = time.perf_counter()
+  for w in writers:
+    w.open()
+  ok = False
+  summary = {"proteins": len(records), "embedded": 0, "skipped": 0, "residues": 0}
+  try:
+    done = [w.done_ids() for w in writers]
+    todo = [r for r in records if not all(r[0] in d for d in done)]
+    summary["skipped"] = len(records) - len(todo)
+    total = sum(len(s) for _, s in todo)
+    bar = None
+    if progress:
+      from tqdm import tqdm
+      bar = tqdm(total=total, unit="res", unit_scale=True, smoothing=0.1,
+                 desc=os.path.basename(fasta))
+    try:
+      for rid, res, prot in embedder.embed(
+          todo, per_residue=per_residue is not None,
+          per_protein=per_protein is not None,
+          progress=bar.update if bar is not None else None, path=fasta):
+        for (kind, _), w, d in zip(outputs, writers, done):
+          if rid not in d:
+            w.write(rid, res if kind == "per_residue" else prot)
+        summary["embedded"] += 1
+        if on_written is not None:
+          on_written(rid)
+    finally:
+      if bar is not None:
+        bar.close()
+    ok = True
+  finally:
+    for w in writers:
+      w.close(complete=ok)
+  summary["residues"] = sum(len(s) for _, s in todo)
+  summary["seconds"] = time.perf_counter() - t0
+  return summary
+
+
+# --------------------------------------------------------------------------
+# CLI.
+# --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="protjax-embed",
+      description="Embed the proteins of a FASTA file with a protjax T5 encoder "
+      "(params checkpoint or Hugging Face T5 directory). Outputs one HDF5 dataset "
+      "per protein id; rerunning on the same output resumes.")
+  p.add_argument("--model", required=True,
+                 help="encoder-only params checkpoint or HF T5 directory (auto-detected)")
+  p.add_argument("--fasta", required=True, help="input FASTA (plain or .gz)")
+  p.add_argument("--per_residue", help="output HDF5: [length, dim] per protein")
+  p.add_argument("--per_protein", help="output HDF5: [dim] mean per protein")
+  p.add_argument("--token_budget", type=int, default=DEFAULT_TOKEN_BUDGET,
+                 help="padded tokens per batch over all devices (default %(default)s)")
+  p.add_argument("--max_length", type=int, default=DEFAULT_MAX_LENGTH,
+                 help="longest accepted sequence, residues (default %(default)s)")
+  p.add_argument("--long_threshold", type=int, default=DEFAULT_LONG_THRESHOLD,
+                 help="tokens above which blockwise attention is used, one protein "
+                 "per device (default %(default)s)")
+  p.add_argument("--dtype", choices=DTYPES, default="float32",
+                 help="compute precision (half precision: bfloat16 or float16)")
+  p.add_argument("--storage_dtype", choices=STORAGE_DTYPES, default="float32",
+                 help="dtype of stored per-residue arrays")
+  p.add_argument("--model_parallel", default="auto",
+                 help="devices per model replica, or 'auto' (default)")
+  p.add_argument("--model_name", help="stored as the files' `model` attribute "
+                 "(default: the model directory's name)")
+  p.add_argument("--no_progress", action="store_true", help="no progress bar")
+  return p
+
+
+@cli_main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.per_residue is None and args.per_protein is None:
+    raise InputError("give at least one of --per_residue / --per_protein")
+  mp = args.model_parallel
+  if mp != "auto":
+    try:
+      mp = int(mp)
+    except ValueError:
+      raise InputError(f"--model_parallel {mp!r} is neither an integer nor 'auto'")
+  kwargs = dict(dtype=args.dtype, storage_dtype=args.storage_dtype,
+                token_budget=args.token_budget, max_length=args.max_length,
+                long_threshold=args.long_threshold, model_parallel=mp)
+  if args.model_name:
+    kwargs["model_name"] = args.model_name
+  summary = embed_fasta(args.model, args.fasta, per_residue=args.per_residue,
+                        per_protein=args.per_protein, progress=not args.no_progress,
+                        **kwargs)
+  rate = summary["residues"] / max(summary["seconds"], 1e-9)
+  print(f"embedded {summary['embedded']} proteins ({summary['skipped']} already done), "
+        f"{summary['residues']} residues in {summary['seconds']:.1f} s "
+        f"({rate:.0f} residues/s)")
+  return 0
