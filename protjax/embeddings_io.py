@@ -198,6 +198,14 @@ class EmbeddingWriter:
     if complete:
       os.replace(self.partial_path, self.path)
 
+  def discard(self) -> None:
+    """Closes and deletes the partial file (for bad input: nothing is left)."""
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if os.path.exists(self.partial_path):
+      os.remove(self.partial_path)
+
   def __enter__(self) -> "EmbeddingWriter":
     return self.open()
 
