@@ -1,0 +1,615 @@
+"""One training loop for every model family.
+
+The family supplies a `Model` (see `protjax.models.registry`): variables from
+batch shapes, `loss_fn(params, batch, dropout_rng) -> (loss, metrics)` and its
+FLOPs. Everything else is shared:
+
+* `make_train_step`: a pure `train_step(state, batch) -> (state, metrics)`;
+  the dropout RNG is `fold_in(state.rng, state.step)` (so a resumed run draws
+  the same masks), gradients are accumulated over micro-batches with
+  `lax.scan`, then one optimiser update.
+* `train`: builds the mesh and shardings (`protjax.partitioning`), creates the
+  parameters and optimiser state directly sharded (a jitted init with
+  out_shardings), restores the latest checkpoint in `model_dir` if there is one
+  (params, optimiser state, step, RNG; the data source is restarted at the
+  restored step), runs the jitted step, logs one console line and TensorBoard
+  scalars per `log_every` steps (process 0 only), evaluates periodically,
+  checkpoints every N steps, stops cleanly on SIGTERM and loudly on a
+  non-finite loss.
+
+A data source is any callable `source(start_step, shard_index, num_shards)`
+returning an iterator of this host's share of each global batch (dicts of
+numpy arrays `[batch // num_shards, length]`), where the batch for step s
+depends only on the source's seed and s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from protjax import checkpoints as checkpoints_lib
+from protjax import optim
+from protjax import partitioning as partitioning_lib
+
+Batch = Mapping[str, Any]
+Metrics = dict[str, Any]
+
+
+class Model(Protocol):
+  """What the trainer needs from a model family (see models/registry.py)."""
+  config: Any
+
+  def init_variables(self, rng: jax.Array,
+                     batch_shapes: Mapping[str, tuple[int, ...]]) -> dict:
+    """Variables with 'params' and 'params_axes' for batches of these shapes."""
+
+  def loss_fn(self, params: Any, batch: Batch,
+              dropout_rng: Optional[jax.Array]) -> tuple[jax.Array, Metrics]:
+    """Scalar loss and scalar metrics (incl. `num_tokens` for weighting)."""
+
+  def flops_per_example(self, batch_shapes: Mapping[str, tuple[int, ...]]
+                        ) -> float:
+    """Training FLOPs (forward + backward) per example."""
+
+  def tokens_per_example(self, batch_shapes: Mapping[str, tuple[int, ...]]
+                         ) -> int:
+    """Tokens per example, for the tokens/s figure."""
+
+
+DataSource = Callable[[int, int, int], Iterator[dict]]
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or gradient norm became NaN/inf; the run stopped."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (and gets checkpointed).
+
+  Attributes:
+    step: int32 scalar, number of updates applied.
+    params: parameter tree.
+    opt_state: optimiser state tree.
+    rng: base PRNG key (uint32 [2]); step s uses fold_in(rng, s).
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+# ----------------------------------------------------------------------------
+# The step: small pure functions.
+# ----------------------------------------------------------------------------
+
+def split_microbatches(batch: Batch, num_microbatches: int,
+                       batch_spec: Any = None) -> Batch:
+  """`[batch, ...]` -> `[num_microbatches, batch // num_microbatches, ...]`.
+
+  Example i goes to micro-batch i % num_microbatches, so each micro-batch
+  keeps the batch's sharding over `data` (every device holds a slice of every
+  micro-batch) instead of living on a subset of the devices.
+  """
+  def one(x):
+    b = x.shape[0]
+    if b % num_microbatches:
+      raise ValueError(f"batch {b} not divisible into {num_microbatches} "
+                       f"micro-batches")
+    x = x.reshape((b // num_microbatches, num_microbatches) + x.shape[1:])
+    x = jnp.swapaxes(x, 0, 1)  # [b/n, n, ...] -> [n, b/n, ...]
+    if batch_spec is not None:
+      x = jax.lax.with_sharding_constraint(
+          x, jax.sharding.PartitionSpec(None, *batch_spec))
+    return x
+  return jax.tree.map(one, dict(batch))
+
+
+def _weight(metrics: Metrics) -> jax.Array:
+  return jnp.asarray(metrics.get("num_tokens", 1.0), jnp.float32)
+
+
+def accumulate_gradients(loss_fn, params: Any, batch: Batch,
+                         rng: Optional[jax.Array], num_microbatches: int,
+                         batch_spec: Any = None) -> tuple[Any, Metrics]:
+  """Gradients of the token-weighted mean loss over the whole batch.
+
+  Each micro-batch's loss is a token-weighted mean, so its gradient is
+  re-weighted by its `num_tokens` before summing: the result equals the
+  full-batch gradient (up to float rounding). Metrics are averaged with the
+  same weights; `num_tokens` is summed.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if num_microbatches <= 1:
+    (_, metrics), grads = grad_fn(params, batch, rng)
+    return grads, metrics
+
+  micro = split_microbatches(batch, num_microbatches, batch_spec)
+
+  def body(carry, inputs):
+    grad_sum, metric_sum, weight_sum = carry
+    index, mb = inputs
+    mb_rng = None if rng is None else jax.random.fold_in(rng, index)
+    (_, metrics), grads = grad_fn(params, mb, mb_rng)
+    w = _weight(metrics)
+    grad_sum = jax.tree.map(lambda a, g: a + w * g, grad_sum, grads)
+    metric_sum = jax.tree.map(lambda a, m: a + w * m, metric_sum, metrics)
+    return (grad_sum, metric_sum, weight_sum + w), None
+
+  first = jax.tree.map(lambda x: x[0], micro)
+  _, metrics_shape = jax.eval_shape(loss_fn, params, first, rng)
+  zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)
+  init = (zeros(params), zeros(metrics_shape), jnp.zeros((), jnp.float32))
+  (grad_sum, metric_sum, weight_sum), _ = jax.lax.scan(
+      body, init, (jnp.arange(num_microbatches), micro))
+  grads = jax.tree.map(lambda g, p: (g / weight_sum).astype(p.dtype),
+                       grad_sum, params)
+  metrics = {k: v / weight_sum for k, v in metric_sum.items()}
+  if "num_tokens" in metrics:
+    metrics["num_tokens"] = weight_sum
+  return grads, metrics
+
+
+def make_train_step(loss_fn, optimizer: optim.Optimizer,
+                    num_microbatches: int = 1, batch_spec: Any = None,
+                    dropout: bool = True):
+  """Returns the pure `train_step(state, batch) -> (state, metrics)`."""
+
+  def train_step(state: TrainState, batch: Batch):
+    rng = jax.random.fold_in(state.rng, state.step) if dropout else None
+    grads, metrics = accumulate_gradients(loss_fn, state.params, batch, rng,
+                                          num_microbatches, batch_spec)
+    updates, opt_state = optimizer.tx.update(grads, state.opt_state,
+                                             state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   learning_rate=optimizer.schedule(state.step))
+    return state.replace(step=state.step + 1, params=params,
+                         opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(loss_fn):
+  """`eval_step(params, batch) -> metrics`, deterministic (no dropout)."""
+  def eval_step(params, batch):
+    _, metrics = loss_fn(params, batch, None)
+    return metrics
+  return eval_step
+
+
+# ----------------------------------------------------------------------------
+# Host side: distributed set-up, summaries, throughput.
+# ----------------------------------------------------------------------------
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None,
+                           cpu_collectives: str = "gloo") -> bool:
+  """Calls `jax.distributed.initialize` when the run spans several processes.
+
+  Explicit arguments (GPU clusters without a scheduler jax knows) win; else
+  the environment decides: `JAX_COORDINATOR_ADDRESS`, a multi-worker TPU VM
+  pod (`TPU_WORKER_HOSTNAMES` with several hosts), SLURM or Open MPI with
+  more than one task. Returns whether it initialised.
+  """
+  env = os.environ
+  coordinator_address = coordinator_address or env.get(
+      "JAX_COORDINATOR_ADDRESS")
+  multi_env = (
+      "," in env.get("TPU_WORKER_HOSTNAMES", "")
+      or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+      or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1)
+  if not coordinator_address and not multi_env:
+    return False
+  if env.get("JAX_PLATFORMS", "") == "cpu":
+    # The CPU backend needs a collectives implementation across processes.
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes,
+                               process_id=process_id)
+  else:
+    jax.distributed.initialize()
+  logging.info("process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  return True
+
+
+# Dense bf16 peak FLOP/s of one jax device (a TPU v2/v3 device is one core).
+PEAK_FLOPS = {
+    "TPU v2": 22.5e12, "TPU v3": 61.5e12, "TPU v4": 275e12,
+    "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+    "NVIDIA V100": 125e12,
+}
+
+
+def peak_flops_per_device(device: Optional[jax.Device] = None
+                          ) -> Optional[float]:
+  """Peak FLOP/s of a device from its kind (longest matching prefix)."""
+  kind = (device or jax.devices()[0]).device_kind
+  best = None
+  for prefix, value in PEAK_FLOPS.items():
+    if kind.startswith(prefix) and (best is None or len(prefix) > best[0]):
+      best = (len(prefix), value)
+  return None if best is None else best[1]
+
+
+class SummaryWriter:
+  """TensorBoard scalars in an event file, written without TensorFlow.
+
+  (tensorboard's own EventFileWriter imports TensorFlow when it is installed,
+  which costs seconds per process; the record format is small enough to
+  write directly.)
+  """
+
+  def __init__(self, logdir: str | os.PathLike):
+    import socket
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    logdir = pathlib.Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    self.path = logdir / (f"events.out.tfevents.{time.time():.6f}."
+                          f"{socket.gethostname()}.{os.getpid()}")
+    self._records = RecordWriter(open(self.path, "wb"))  # pylint: disable=consider-using-with
+    self._records.write(event_pb2.Event(
+        wall_time=time.time(), file_version="brain.Event:2"
+    ).SerializeToString())
+
+  def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+        for k, v in values.items()])
+    self._records.write(event_pb2.Event(
+        wall_time=time.time(), step=int(step),
+        summary=summary).SerializeToString())
+    self._records.flush()
+
+  def close(self) -> None:
+    self._records.close()
+
+
+def format_progress(step: int, train_steps: int, m: Mapping[str, float]
+                    ) -> str:
+  """The one-line console report."""
+  def f(key, fmt, scale=1.0):
+    v = m.get(key)
+    return "n/a" if v is None or not math.isfinite(v) else fmt.format(v * scale)
+  return (f"step {step}/{train_steps}  loss {f('loss', '{:.4f}')}  "
+          f"masked_acc {f('masked_residue_accuracy', '{:.3f}')}  "
+          f"lr {f('learning_rate', '{:.3g}')}  "
+          f"grad_norm {f('grad_norm', '{:.3g}')}  "
+          f"{f('examples_per_s', '{:.1f}')} ex/s  "
+          f"{f('tokens_per_s', '{:.0f}')} tok/s  "
+          f"{f('step_time', '{:.1f}', 1e3)} ms/step  "
+          f"MFU {f('mfu', '{:.1f}%', 100)}")
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _to_global(batch: Mapping[str, np.ndarray], sharding) -> dict:
+  """This host's rows of the global batch -> global jax arrays."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+class _MetricAverager:
+  """Host-side running sums of per-step metrics between two log lines."""
+
+  def __init__(self):
+    self.sums: dict[str, float] = {}
+    self.count = 0
+
+  def add(self, metrics: Mapping[str, float]) -> None:
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + float(v)
+    self.count += 1
+
+  def mean(self) -> dict[str, float]:
+    return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns (for tests and notebooks).
+
+  Attributes:
+    step: the step reached (== train_steps unless stopped).
+    state: final TrainState (device arrays).
+    history: per-step host metrics, step -> {name: value}, this process only.
+    eval_history: step -> averaged eval metrics.
+    stopped: None, or "preempted" when SIGTERM stopped the run.
+    start_step: the step the run started (or resumed) from.
+  """
+  step: int
+  state: TrainState
+  history: dict[int, dict[str, float]]
+  eval_history: dict[int, dict[str, float]]
+  stopped: Optional[str]
+  start_step: int
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------
+
+def _state_shardings(partitioner, abstract_vars, optimizer):
+  abstract_params = abstract_vars["params"]
+  param_specs = partitioner.param_specs(abstract_params,
+                                        abstract_vars["params_axes"])
+  abstract_opt = jax.eval_shape(optimizer.tx.init, abstract_params)
+  opt_specs = partitioner.derived_specs(abstract_opt, abstract_params,
+                                        param_specs)
+  to_sharding = lambda t: jax.tree.map(
+      partitioner.sharding, t,
+      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  replicated = partitioner.replicated()
+  return TrainState(step=replicated, params=to_sharding(param_specs),
+                    opt_state=to_sharding(opt_specs), rng=replicated)
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree, shardings)
+
+
+def train(*,
+          model_dir: str,
+          model: Model,
+          optimizer: optim.Optimizer,
+          train_data: DataSource,
+          train_steps: int,
+          eval_data: Optional[DataSource] = None,
+          eval_every: int = 0,
+          eval_steps: int = 10,
+          partitioner: Optional[partitioning_lib.Partitioner] = None,
+          checkpoint: checkpoints_lib.CheckpointConfig = (
+              checkpoints_lib.CheckpointConfig()),
+          num_microbatches: int = 1,
+          dropout: bool = True,
+          log_every: int = 10,
+          seed: int = 0,
+          peak_flops: Optional[float] = None,
+          config_str: Optional[str] = None,
+          hooks: Sequence[Callable[[int], None]] = ()) -> TrainResult:
+  """Trains `model` to `train_steps`, resuming from `model_dir` if possible.
+
+  Args:
+    model_dir: checkpoints, TensorBoard events, config.gin, model_config.json.
+    model: the family's Model (models.registry.get_model).
+    optimizer: an optim.Optimizer (e.g. optim.adafactor()).
+    train_data: data source (see module docstring); its `seed` attribute, if
+      any, is stored in checkpoints.
+    train_steps: total number of steps (the run stops at this step).
+    eval_data, eval_every, eval_steps: every `eval_every` steps (0: never)
+      average the deterministic loss over `eval_steps` batches of eval_data.
+    partitioner: mesh + rules; default make_partitioner() (data parallel
+      over all devices, t5x standard rules).
+    checkpoint: when to save and what to keep.
+    num_microbatches: gradient accumulation steps within one update.
+    dropout: pass a dropout RNG to the loss (False: deterministic training).
+    log_every: steps per console line / TensorBoard point.
+    seed: parameter-init and dropout seed.
+    peak_flops: peak FLOP/s per device for MFU; default from the device kind
+      (None on CPU: MFU not reported).
+    config_str: text written to model_dir/config.gin (the entry point passes
+      gin's resolved config).
+    hooks: called with the step number after each step (tests, profiling).
+  """
+  partitioner = partitioner or partitioning_lib.make_partitioner()
+  model_dir_path = pathlib.Path(model_dir)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    model_dir_path.mkdir(parents=True, exist_ok=True)
+    if config_str is not None:
+      _write_atomic(model_dir_path / "config.gin", config_str)
+    if dataclasses.is_dataclass(getattr(model, "config", None)):
+      _write_atomic(model_dir_path / "model_config.json", json.dumps(
+          dataclasses.asdict(model.config), indent=2, sort_keys=True) + "\n")
+
+  # Shapes come from the first batch of the data source itself.
+  shard, num_shards = jax.process_index(), jax.process_count()
+  probe = next(iter(train_data(0, shard, num_shards)))
+  batch_shapes = {k: (v.shape[0] * num_shards,) + tuple(v.shape[1:])
+                  for k, v in probe.items()}
+  global_batch = next(iter(batch_shapes.values()))[0]
+  if global_batch % (partitioner.data_size * num_microbatches):
+    raise ValueError(f"global batch {global_batch} is not divisible by data "
+                     f"parallelism {partitioner.data_size} x "
+                     f"{num_microbatches} micro-batches")
+  del probe
+
+  root = jax.random.PRNGKey(seed)
+  init_rng, dropout_rng = jax.random.split(root)
+  with partitioner.activation_context():
+    abstract_vars = jax.eval_shape(
+        lambda r: model.init_variables(r, batch_shapes), init_rng)
+  state_shardings = _state_shardings(partitioner, abstract_vars, optimizer)
+
+  def init_state(rng):
+    params = model.init_variables(rng, batch_shapes)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.tx.init(params), rng=dropout_rng)
+
+  ckpt = checkpoints_lib.Checkpointer(model_dir, checkpoint)
+  latest = ckpt.latest_step()
+  with partitioner.activation_context():
+    if latest is None:
+      state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+    else:
+      abstract_state = jax.eval_shape(init_state, init_rng)
+      params, opt_state, meta = ckpt.restore(
+          _abstract(abstract_state.params, state_shardings.params),
+          _abstract(abstract_state.opt_state, state_shardings.opt_state),
+          latest)
+      data_seed = getattr(train_data, "seed", None)
+      if meta.get("data_seed") != data_seed:
+        logging.warning("checkpoint data seed %s != configured %s: the "
+                        "resumed run sees different data", meta.get(
+                            "data_seed"), data_seed)
+      state = TrainState(
+          step=jax.device_put(jnp.asarray(meta["step"], jnp.int32),
+                              state_shardings.step),
+          params=params, opt_state=opt_state,
+          rng=jax.device_put(jnp.asarray(meta["rng"], jnp.uint32),
+                             state_shardings.rng))
+      logging.info("resumed from %s at step %d", ckpt.directory, latest)
+  start_step = int(jax.device_get(state.step))
+
+  batch_sharding = partitioner.batch_sharding()
+  batch_shardings = {k: batch_sharding for k in batch_shapes}
+  step_fn = make_train_step(model.loss_fn, optimizer, num_microbatches,
+                            tuple(partitioner.batch_spec()), dropout)
+  replicated = partitioner.replicated()
+  with partitioner.activation_context():
+    p_train_step = jax.jit(step_fn,
+                           in_shardings=(state_shardings, batch_shardings),
+                           out_shardings=(state_shardings, replicated),
+                           donate_argnums=(0,))
+    p_eval_step = jax.jit(make_eval_step(model.loss_fn),
+                          in_shardings=(state_shardings.params,
+                                        batch_shardings),
+                          out_shardings=replicated)
+
+  flops_per_example = float(model.flops_per_example(batch_shapes))
+  tokens_per_example = float(model.tokens_per_example(batch_shapes))
+  peak = peak_flops if peak_flops is not None else peak_flops_per_device()
+  writer = SummaryWriter(model_dir_path / "tensorboard") if is_chief else None
+  meta_base = {"data_seed": getattr(train_data, "seed", None),
+               "rng": [int(x) for x in np.asarray(jax.device_get(state.rng))]}
+
+  def check_finite(step, metrics):
+    bad = [k for k in ("loss", "grad_norm")
+           if k in metrics and not math.isfinite(metrics[k])]
+    if bad:
+      ckpt.wait()
+      good = ckpt.latest_step()
+      raise NonFiniteLossError(
+          f"non-finite {' and '.join(bad)} at step {step} "
+          f"(loss={metrics.get('loss')}, grad_norm={metrics.get('grad_norm')})"
+          f"; training stopped. The last good checkpoint is "
+          f"{'step ' + str(good) if good is not None else 'none'} in "
+          f"{ckpt.directory}; lower the learning rate or check the data.")
+
+  def run_eval(params):
+    sums, weight = {}, 0.0
+    it = eval_data(0, shard, num_shards)
+    for _, local in zip(range(eval_steps), it):
+      m = jax.device_get(p_eval_step(params, _to_global(local, batch_sharding)))
+      w = float(m.get("num_tokens", 1.0))
+      for k, v in m.items():
+        sums[k] = sums.get(k, 0.0) + w * float(v)
+      weight += w
+    return {k: v / max(weight, 1e-9) for k, v in sums.items()}
+
+  history: dict[int, dict[str, float]] = {}
+  eval_history: dict[int, dict[str, float]] = {}
+  averager = _MetricAverager()
+  pending = None  # (step, device metrics) of the step dispatched last
+  stopped = None
+  step = start_step
+  data_iter = iter(train_data(start_step, shard, num_shards))
+  interval_start = time.perf_counter()
+  interval_steps = 0
+
+  def collect(pending_item):
+    s, dev_metrics = pending_item
+    host = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+    check_finite(s, host)
+    history[s] = host
+    averager.add(host)
+    return host
+
+  with checkpoints_lib.PreemptionGuard() as guard, \
+      partitioner.activation_context():
+    try:
+      while step < train_steps:
+        batch = _to_global(next(data_iter), batch_sharding)
+        state, metrics = p_train_step(state, batch)
+        # Read the previous step's metrics while this one runs.
+        if pending is not None:
+          collect(pending)
+        pending = (step, metrics)
+        step += 1
+        interval_steps += 1
+
+        last = step == train_steps
+        poll = jax.process_count() == 1 or step % log_every == 0 or last
+        stop = poll and guard.stop_requested(step)
+        if step % log_every == 0 or last or stop:
+          collect(pending)
+          pending = None
+          elapsed = time.perf_counter() - interval_start
+          m = averager.mean()
+          m["step_time"] = elapsed / interval_steps
+          m["examples_per_s"] = global_batch * interval_steps / elapsed
+          m["tokens_per_s"] = m["examples_per_s"] * tokens_per_example
+          if peak:
+            m["mfu"] = (m["examples_per_s"] * flops_per_example
+                        / (peak * jax.device_count()))
+          if is_chief:
+            print(format_progress(step, train_steps, m), flush=True)
+            writer.scalars(step, {f"train/{k}": v for k, v in m.items()})
+          averager = _MetricAverager()
+          interval_start, interval_steps = time.perf_counter(), 0
+
+        if stop or last or ckpt.manager.should_save(step):
+          if pending is not None:  # never checkpoint a non-finite update
+            collect(pending)
+            pending = None
+          ckpt.save(step, state.params, state.opt_state, meta_base,
+                    force=stop or last)
+        if eval_data is not None and eval_every and (
+            step % eval_every == 0 or last):
+          em = run_eval(state.params)
+          eval_history[step] = em
+          if is_chief:
+            print(f"eval step {step}: loss {em.get('loss', float('nan')):.4f}"
+                  f"  masked_acc "
+                  f"{em.get('masked_residue_accuracy', float('nan')):.3f}",
+                  flush=True)
+            writer.scalars(step, {f"eval/{k}": v for k, v in em.items()})
+        for hook in hooks:
+          hook(step)
+        if stop:
+          stopped = "preempted"
+          if is_chief:
+            print(f"stopping at step {step} (SIGTERM); checkpoint saved",
+                  flush=True)
+          break
+        interval_start = (interval_start if interval_steps
+                          else time.perf_counter())
+      if pending is not None:
+        collect(pending)
+    finally:
+      ckpt.close()
+      if writer is not None:
+        writer.close()
+  return TrainResult(step=step, state=state, history=history,
+                     eval_history=eval_history, stopped=stopped,
+                     start_step=start_step)
+
+
+GIN_CONFIGURABLES = (train,)
