@@ -116,11 +116,6 @@ def config_from_dict(fields: Mapping[str, Any], *, path: Optional[str] = None,
     raise InputError(f"invalid T5Config: {e}", path=path) from None
 
 
-def _to_numpy(params: Any) -> Any:
-  import jax  # deferred; jax.tree handles jax and numpy leaves alike
-  return jax.tree.map(np.asarray, params)
-
-
 def encoder_params(params: Mapping[str, Any]) -> dict[str, Any]:
   """The encoder-only subtrees (`token_embedder`, `encoder`) of a T5 param tree."""
   missing = [k for k in ("token_embedder", "encoder") if k not in params]
@@ -152,7 +147,8 @@ def save_params_checkpoint(directory: str | os.PathLike, params: Any, config: An
     kind: "encoder" or "encoder_decoder".
   """
   import orbax.checkpoint as ocp  # deferred: heavy
-  params = _to_numpy(_select(params, kind))
+  # numpy or (sharded) jax leaves alike: orbax writes each shard from its host.
+  params = _select(params, kind)
   meta = dict(config_to_dict(config), family=FAMILY, kind=kind)
   with atomic_directory(directory, overwrite=overwrite) as tmp:
     _write_json(os.path.join(tmp, CONFIG_FILE), meta)

@@ -340,7 +340,9 @@ def config_fields_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None) 
 def hf_kind(hf: Mapping[str, Any], state_keys, *, path: Optional[str] = None) -> str:
   """"encoder_decoder" for a T5ForConditionalGeneration / T5Model, "encoder" for T5EncoderModel."""
   architectures = hf.get("architectures") or []
-  if any(a in ("T5ForConditionalGeneration", "T5Model") for a in architectures):
+  # T5WithLMHeadModel: the transformers-2 name the released prot_t5_xl_* configs carry.
+  if any(a in ("T5ForConditionalGeneration", "T5WithLMHeadModel", "T5Model")
+         for a in architectures):
     return ENCODER_DECODER
   if "T5EncoderModel" in architectures:
     return ENCODER

@@ -190,6 +190,34 @@ def test_config_fields_from_hf():
                         dropout_rate=0.1, layer_norm_epsilon=1e-6)
 
 
+def test_released_prott5_config_is_accepted():
+  """config.json as the released Rostlab/prot_t5_xl_uniref50 has it (transformers 2/4 keys)."""
+  released = {
+      "architectures": ["T5WithLMHeadModel"], "d_ff": 16384, "d_kv": 128, "d_model": 1024,
+      "decoder_start_token_id": 0, "dropout_rate": 0.1, "eos_token_id": 1,
+      "feed_forward_proj": "relu", "initializer_factor": 1.0, "is_encoder_decoder": True,
+      "layer_norm_epsilon": 1e-06, "model_type": "t5", "n_positions": 512,
+      "num_heads": 32, "num_layers": 24, "output_past": True, "pad_token_id": 0,
+      "relative_attention_num_buckets": 32, "torch_dtype": "float32", "vocab_size": 128}
+  fields = hf_convert.config_fields_from_hf(released)
+  assert (fields["d_model"], fields["d_ff"], fields["num_heads"], fields["d_kv"]) == (
+      1024, 16384, 32, 128)
+  assert fields["num_encoder_layers"] == fields["num_decoder_layers"] == 24
+  assert hf_convert.hf_kind(released, []) == "encoder_decoder"
+  # The mapping covers every ProtT5-XL tensor: the published parameter counts.
+  xl = types.SimpleNamespace(**fields)
+  count = lambda kind: sum(int(np.prod(s)) for s in
+                           hf_convert.expected_hf_shapes(xl, kind).values())
+  assert count("encoder") == 1_208_141_824
+  assert count("encoder_decoder") == 2_818_830_336
+  assert hf_convert.hf_kind(dict(released, architectures=["T5EncoderModel"]),
+                            ["decoder.final_layer_norm.weight"]) == "encoder"
+  assert hf_convert.hf_kind(dict(released, architectures=None),
+                            ["decoder.final_layer_norm.weight"]) == "encoder_decoder"
+  with pytest.raises(InputError, match="config key 'architectures'"):
+    hf_convert.hf_kind(dict(released, architectures=["BertModel"]), [])
+
+
 @pytest.mark.parametrize("changes, key", [
     (dict(feed_forward_proj="gated-gelu"), "feed_forward_proj"),
     (dict(is_gated_act=True), "is_gated_act"),
