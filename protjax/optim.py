@@ -84,7 +84,7 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def _with_clipping(tx: optax.GradientTransformation,
+def with_clipping(tx: optax.GradientTransformation,
                    clip_norm: float) -> optax.GradientTransformation:
   if clip_norm and clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(clip_norm), tx)
@@ -120,7 +120,7 @@ def adafactor(learning_rate: Optional[Schedule] = None, *,
       momentum=momentum, weight_decay_rate=weight_decay,
       weight_decay_mask=decay_mask if weight_decay else None,
       factored=factored)
-  return Optimizer(_with_clipping(tx, clip_norm), schedule)
+  return Optimizer(with_clipping(tx, clip_norm), schedule)
 
 
 def lamb(learning_rate: Schedule, *, weight_decay: float = 0.01,
@@ -129,7 +129,7 @@ def lamb(learning_rate: Schedule, *, weight_decay: float = 0.01,
   """LAMB (ProtBert, ProtAlbert, ProtElectra, ProtTXL), decay on matrices."""
   tx = optax.lamb(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
                   weight_decay=weight_decay, mask=decay_mask)
-  return Optimizer(_with_clipping(tx, clip_norm), learning_rate)
+  return Optimizer(with_clipping(tx, clip_norm), learning_rate)
 
 
 def adamw(learning_rate: Schedule, *, weight_decay: float = 0.01,
@@ -138,7 +138,7 @@ def adamw(learning_rate: Schedule, *, weight_decay: float = 0.01,
   """Adam with decoupled weight decay on matrices (ProtXLNet)."""
   tx = optax.adamw(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
                    weight_decay=weight_decay, mask=decay_mask)
-  return Optimizer(_with_clipping(tx, clip_norm), learning_rate)
+  return Optimizer(with_clipping(tx, clip_norm), learning_rate)
 
 
 GIN_CONFIGURABLES = (inverse_sqrt_schedule, linear_warmup_decay,

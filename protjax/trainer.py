@@ -375,6 +375,94 @@ def _abstract(tree, shardings):
       tree, shardings)
 
 
+def _in_context(partitioner, fn):
+  """Runs (and therefore traces) `fn` with the mesh and rules in scope."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with partitioner.activation_context():
+      return fn(*args, **kwargs)
+  return wrapped
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """The compiled pieces of a run on one mesh (no data, no files).
+
+  Attributes:
+    partitioner: mesh + rules.
+    state_shardings: TrainState of NamedShardings.
+    abstract_state: TrainState of ShapeDtypeStructs carrying those shardings.
+    batch_sharding: sharding of every `[batch, ...]` input.
+    init_state: () -> TrainState, created directly sharded (jit with
+      out_shardings: no parameter is ever whole on one device).
+    train_step: jitted (state, batch) -> (state, metrics); donates state.
+    eval_step: jitted (params, batch) -> metrics.
+  """
+  partitioner: partitioning_lib.Partitioner
+  state_shardings: TrainState
+  abstract_state: TrainState
+  batch_sharding: Any
+  init_state: Callable[[], TrainState]
+  train_step: Callable[..., Any]
+  eval_step: Callable[..., Any]
+
+  def to_global(self, local_batch: Mapping[str, np.ndarray]) -> dict:
+    """This host's rows of the global batch -> sharded global arrays."""
+    return _to_global(local_batch, self.batch_sharding)
+
+
+def setup_training(model: Model, optimizer: optim.Optimizer,
+                   partitioner: partitioning_lib.Partitioner,
+                   batch_shapes: Mapping[str, tuple[int, ...]], *,
+                   num_microbatches: int = 1, dropout: bool = True,
+                   seed: int = 0) -> TrainSetup:
+  """Shardings, sharded init and the jitted steps for one model + mesh."""
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+  abstract_vars = _in_context(partitioner, jax.eval_shape)(
+      lambda r: model.init_variables(r, batch_shapes), init_rng)
+  state_shardings = _state_shardings(partitioner, abstract_vars, optimizer)
+
+  def init_state(rng):
+    params = model.init_variables(rng, batch_shapes)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.tx.init(params), rng=dropout_rng)
+
+  abstract_state = _abstract(jax.eval_shape(init_state, init_rng),
+                             state_shardings)
+  batch_sharding = partitioner.batch_sharding()
+  batch_shardings = {k: batch_sharding for k in batch_shapes}
+  replicated = partitioner.replicated()
+  jit_init = jax.jit(init_state, out_shardings=state_shardings)
+  step_fn = make_train_step(model.loss_fn, optimizer, num_microbatches,
+                            tuple(partitioner.batch_spec()), dropout)
+  jit_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                     out_shardings=(state_shardings, replicated),
+                     donate_argnums=(0,))
+  jit_eval = jax.jit(make_eval_step(model.loss_fn),
+                     in_shardings=(state_shardings.params, batch_shardings),
+                     out_shardings=replicated)
+  return TrainSetup(
+      partitioner=partitioner, state_shardings=state_shardings,
+      abstract_state=abstract_state, batch_sharding=batch_sharding,
+      init_state=_in_context(partitioner, lambda: jit_init(init_rng)),
+      train_step=_in_context(partitioner, jit_step),
+      eval_step=_in_context(partitioner, jit_eval))
+
+
+def restore_state(ckpt: checkpoints_lib.Checkpointer, setup: TrainSetup,
+                  step: Optional[int] = None) -> tuple[TrainState, dict]:
+  """Restores a checkpoint onto this setup's mesh (any mesh it was saved on)."""
+  params, opt_state, meta = ckpt.restore(setup.abstract_state.params,
+                                         setup.abstract_state.opt_state, step)
+  shardings = setup.state_shardings
+  state = TrainState(
+      step=jax.device_put(jnp.asarray(meta["step"], jnp.int32),
+                          shardings.step),
+      params=params, opt_state=opt_state,
+      rng=jax.device_put(jnp.asarray(meta["rng"], jnp.uint32), shardings.rng))
+  return state, meta
+
+
 def train(*,
           model_dir: str,
           model: Model,
@@ -441,57 +529,24 @@ def train(*,
                      f"{num_microbatches} micro-batches")
   del probe
 
-  root = jax.random.PRNGKey(seed)
-  init_rng, dropout_rng = jax.random.split(root)
-  with partitioner.activation_context():
-    abstract_vars = jax.eval_shape(
-        lambda r: model.init_variables(r, batch_shapes), init_rng)
-  state_shardings = _state_shardings(partitioner, abstract_vars, optimizer)
-
-  def init_state(rng):
-    params = model.init_variables(rng, batch_shapes)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.tx.init(params), rng=dropout_rng)
-
+  setup = setup_training(model, optimizer, partitioner, batch_shapes,
+                         num_microbatches=num_microbatches, dropout=dropout,
+                         seed=seed)
   ckpt = checkpoints_lib.Checkpointer(model_dir, checkpoint)
   latest = ckpt.latest_step()
-  with partitioner.activation_context():
-    if latest is None:
-      state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
-    else:
-      abstract_state = jax.eval_shape(init_state, init_rng)
-      params, opt_state, meta = ckpt.restore(
-          _abstract(abstract_state.params, state_shardings.params),
-          _abstract(abstract_state.opt_state, state_shardings.opt_state),
-          latest)
-      data_seed = getattr(train_data, "seed", None)
-      if meta.get("data_seed") != data_seed:
-        logging.warning("checkpoint data seed %s != configured %s: the "
-                        "resumed run sees different data", meta.get(
-                            "data_seed"), data_seed)
-      state = TrainState(
-          step=jax.device_put(jnp.asarray(meta["step"], jnp.int32),
-                              state_shardings.step),
-          params=params, opt_state=opt_state,
-          rng=jax.device_put(jnp.asarray(meta["rng"], jnp.uint32),
-                             state_shardings.rng))
-      logging.info("resumed from %s at step %d", ckpt.directory, latest)
+  if latest is None:
+    state = setup.init_state()
+  else:
+    state, meta = restore_state(ckpt, setup, latest)
+    data_seed = getattr(train_data, "seed", None)
+    if meta.get("data_seed") != data_seed:
+      logging.warning("checkpoint data seed %s != configured %s: the resumed "
+                      "run sees different data", meta.get("data_seed"),
+                      data_seed)
+    logging.info("resumed from %s at step %d", ckpt.directory, latest)
   start_step = int(jax.device_get(state.step))
-
-  batch_sharding = partitioner.batch_sharding()
-  batch_shardings = {k: batch_sharding for k in batch_shapes}
-  step_fn = make_train_step(model.loss_fn, optimizer, num_microbatches,
-                            tuple(partitioner.batch_spec()), dropout)
-  replicated = partitioner.replicated()
-  with partitioner.activation_context():
-    p_train_step = jax.jit(step_fn,
-                           in_shardings=(state_shardings, batch_shardings),
-                           out_shardings=(state_shardings, replicated),
-                           donate_argnums=(0,))
-    p_eval_step = jax.jit(make_eval_step(model.loss_fn),
-                          in_shardings=(state_shardings.params,
-                                        batch_shardings),
-                          out_shardings=replicated)
+  batch_sharding = setup.batch_sharding
+  p_train_step, p_eval_step = setup.train_step, setup.eval_step
 
   flops_per_example = float(model.flops_per_example(batch_shapes))
   tokens_per_example = float(model.tokens_per_example(batch_shapes))
@@ -542,8 +597,7 @@ def train(*,
     averager.add(host)
     return host
 
-  with checkpoints_lib.PreemptionGuard() as guard, \
-      partitioner.activation_context():
+  with checkpoints_lib.PreemptionGuard() as guard:
     try:
       while step < train_steps:
         batch = _to_global(next(data_iter), batch_sharding)
