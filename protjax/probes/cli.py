@@ -1,0 +1,161 @@
+"""`protjax-probe`: baseline features, probe training and evaluation on frozen embeddings.
+
+  protjax-probe featurize --kind onehot|blosum62 INPUT OUT.h5
+      INPUT is a FASTA file or a NetSurfP-2.0 CSV (ids = the CSV's row indices,
+      as every protjax reader of that format uses).
+  protjax-probe train --task ss3ss8 --embeddings train.h5 --labels train.csv --out DIR
+      [--model cnn|logreg|fnn|bilstm]
+  protjax-probe train --task location --embeddings deeploc.h5
+      --labels deeploc_train.fasta [--labels-csv labels.csv] --pooling mean --out DIR
+  protjax-probe eval --probe DIR --embeddings test.h5 --labels test.csv [--cb513]
+      --out report.json            (also writes report.md)
+
+Bad input (label length != sequence length, embeddings of another model or
+dimension, missing ids) ends with one `error: ...` line naming the file and
+record, exit status 2, and no output file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from protjax.errors import InputError, cli_main
+
+TASK_ALIASES = {"ss3ss8": "ss3ss8", "ss": "ss3ss8", "secondary_structure": "ss3ss8",
+                "location": "location", "localization": "location", "deeploc": "location"}
+
+
+def _is_fasta(path: str) -> bool:
+  from protjax.data import readers
+  with readers.open_text(path) as f:
+    for line in f:
+      if line.strip():
+        return line.startswith(">")
+  raise InputError("empty file", path=path)
+
+
+def _featurize(args) -> int:
+  from protjax import featurize
+  from protjax.data import readers
+  if _is_fasta(args.input):
+    records = readers.read_fasta(args.input)
+  else:
+    records = ((rid, seq) for rid, seq, _ in readers.read_netsurfp_csv(args.input))
+  n = featurize.featurize_records(args.kind, records, args.output, source=args.input)
+  print(f"wrote {n} proteins ({args.kind}) to {args.output}", file=sys.stderr)
+  return 0
+
+
+def _config(args):
+  from protjax.probes.train import TrainConfig
+  kw = {}
+  for name in ("learning_rate", "batch_tokens", "batch_size", "max_epochs", "patience",
+               "val_fraction", "seed"):
+    v = getattr(args, name)
+    if v is not None:
+      kw[name] = v
+  return TrainConfig(**kw)
+
+
+def _train(args) -> int:
+  from protjax.probes import train as ptrain
+  task = TASK_ALIASES.get(args.task)
+  if task is None:
+    raise InputError(f"unknown task {args.task!r}, expected ss3ss8 or location")
+  if task == ptrain.RESIDUE_TASK:
+    probe = ptrain.train_residue_probe(
+        args.embeddings, args.labels, out_dir=args.out, model=args.model or "cnn",
+        config=_config(args), val_embeddings=args.val_embeddings,
+        val_labels=args.val_labels, progress=not args.quiet)
+  else:
+    if args.val_labels is not None:
+      raise InputError("--val-labels is for ss3ss8; the location probe holds out "
+                       "--val-fraction of its training set")
+    probe = ptrain.train_protein_probe(
+        args.embeddings, args.labels, args.labels_csv, out_dir=args.out,
+        model=args.model or "fnn", pooling=args.pooling, config=_config(args),
+        progress=not args.quiet)
+  last = probe.meta["history"][probe.meta["best_epoch"] - 1]
+  print(f"saved {task} probe ({probe.meta['model']}) to {args.out}: best epoch "
+        f"{probe.meta['best_epoch']}, validation loss {last['val_loss']:.4f}",
+        file=sys.stderr)
+  return 0
+
+
+def _eval(args) -> int:
+  from protjax.probes import train as ptrain
+  probe = ptrain.load_probe(args.probe)
+  if args.cb513 and probe.task != ptrain.RESIDUE_TASK:
+    raise InputError("--cb513 applies to ss3ss8 probes only", path=args.probe)
+  report = ptrain.evaluate(probe, args.embeddings, args.labels, labels_csv=args.labels_csv,
+                           cb513=args.cb513, n_resamples=args.bootstrap)
+  md = ptrain.report_markdown(report)
+  md_path = os.path.splitext(args.out)[0] + ".md"
+  ptrain.write_text_atomic(args.out, json.dumps(report, indent=1))
+  ptrain.write_text_atomic(md_path, md)
+  print(md)
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(
+      prog="protjax-probe", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = ap.add_subparsers(dest="command", required=True)
+
+  f = sub.add_parser("featurize", help="one-hot / BLOSUM62 rows per residue, as HDF5 "
+                     "embeddings (DeepOneHot / DeepBLOSUM62 baselines)")
+  f.add_argument("--kind", required=True, choices=("onehot", "blosum62"))
+  f.add_argument("input", help="FASTA or NetSurfP-2.0 CSV (.gz accepted)")
+  f.add_argument("output", help="HDF5 file to write (atomically; resumes a .partial)")
+  f.set_defaults(func=_featurize)
+
+  t = sub.add_parser("train", help="train a probe with early stopping")
+  t.add_argument("--task", required=True,
+                 help="ss3ss8 (per-residue DSSP3 + DSSP8) or location (DeepLoc "
+                 "10 locations + membrane/soluble)")
+  t.add_argument("--embeddings", required=True, help="HDF5 embeddings of the training set")
+  t.add_argument("--labels", required=True,
+                 help="NetSurfP CSV (ss3ss8) or DeepLoc FASTA (location)")
+  t.add_argument("--labels-csv", help="location: Label,Class CSV for bare FASTA ids")
+  t.add_argument("--out", required=True, help="probe folder to write")
+  t.add_argument("--model", help="ss3ss8: cnn (default), logreg, fnn, bilstm; location: fnn")
+  t.add_argument("--pooling", default="mean", choices=("mean", "min", "max", "concat"),
+                 help="location: pooling over residues (concat = min, max, mean)")
+  t.add_argument("--val-embeddings", help="ss3ss8: HDF5 of a separate validation set")
+  t.add_argument("--val-labels", help="ss3ss8: CSV of a separate validation set "
+                 "(default: hold out --val-fraction of the training set)")
+  t.add_argument("--learning-rate", type=float)
+  t.add_argument("--batch-tokens", type=int, help="ss3ss8: padded residues per batch")
+  t.add_argument("--batch-size", type=int, help="location: proteins per batch")
+  t.add_argument("--max-epochs", type=int)
+  t.add_argument("--patience", type=int, help="epochs without a better validation loss")
+  t.add_argument("--val-fraction", type=float)
+  t.add_argument("--seed", type=int)
+  t.add_argument("--quiet", action="store_true", help="no progress bar")
+  t.set_defaults(func=_train)
+
+  e = sub.add_parser("eval", help="score a probe: Q3/Q8 or Q10/Q2 with bootstrap SEs")
+  e.add_argument("--probe", required=True, help="probe folder from `train`")
+  e.add_argument("--embeddings", required=True)
+  e.add_argument("--labels", required=True, help="NetSurfP CSV or DeepLoc FASTA")
+  e.add_argument("--labels-csv", help="location: Label,Class CSV for bare FASTA ids")
+  e.add_argument("--cb513", action="store_true",
+                 help="score only residues with cb513_mask == 1 (CB513 rule)")
+  e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+  e.add_argument("--out", required=True, help="report JSON (a .md table is written beside it)")
+  e.set_defaults(func=_eval)
+  return ap
+
+
+@cli_main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  return args.func(args)
+
+
+if __name__ == "__main__":
+  main()
