@@ -217,6 +217,11 @@ def _tokenizer_json() -> str:
   appended by the template post-processor. transformers 5's `T5Tokenizer`
   rebuilds exactly this pipeline from the Unigram vocabulary, so `AutoTokenizer`,
   `T5Tokenizer` and `PreTrainedTokenizerFast` all give the same ids.
+
+  Like the released tokenizer (and unlike `ProtT5Vocabulary`, which
+  normalises), it expects space-separated upper-case residues and keeps
+  U Z O B apart: map those to X first (`re.sub(r"[UZOB]", "X", seq)`), as
+  protjax does by default, and the ids equal protjax's.
   """
   from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 

@@ -282,3 +282,23 @@ def test_cli_help_describes_the_formats(capsys):
     assert word in text
   assert run_cli(export.import_main, ["--help"]) == 0
   assert "never pickle" in capsys.readouterr().out
+
+
+def test_params_checkpoint_from_and_to_sharded_jax_arrays(tmp_path, params, config):
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  mesh = Mesh(np.array(jax.devices()[:2]), ("model",))
+  sharded = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(
+      mesh, PartitionSpec("model") if x.shape[0] % 2 == 0 else PartitionSpec())),
+      export.encoder_params(params))
+  out = export.save_params_checkpoint(tmp_path / "ckpt", sharded, config)
+  loaded, _, _ = export.load_params_checkpoint(out)
+  assert_trees_equal(loaded, export.encoder_params(params))
+  # With a sharded abstract target the arrays come back on the devices.
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        sharded)
+  on_device, _, _ = export.load_params_checkpoint(out, target=target)
+  emb = on_device["token_embedder"]["embedding"]
+  assert isinstance(emb, jax.Array) and emb.sharding == sharded["token_embedder"][
+      "embedding"].sharding
+  assert_trees_equal(jax.tree.map(np.asarray, on_device), export.encoder_params(params))
