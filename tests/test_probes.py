@@ -232,14 +232,31 @@ def test_cli_featurize_train_eval(tmp_path, fixtures_dir, capsys):
                "--out", str(tmp_path / "probe")]) == 0
   cfg = json.loads((tmp_path / "probe" / "config.json").read_text())
   assert cfg["pooling"] == "concat" and cfg["input_dim"] == 20
+  assert "membrane head is untrained" in capsys.readouterr().err
   assert _run(["eval", "--probe", str(tmp_path / "probe"), "--embeddings",
                str(tmp_path / "v.h5"), "--labels", str(fx / "tiny_deeploc_val.fasta"),
                "--bootstrap", "50", "--out", str(tmp_path / "r.json")]) == 0
   rep = json.loads((tmp_path / "r.json").read_text())
   assert rep["metrics"]["Q10"]["n_proteins"] == 4  # Cytoplasm-Nucleus dropped
+  assert "Q2" not in rep["metrics"]  # no membrane labels in training
+  # Trained on the file with membrane labels, both heads are scored.
+  assert _run(["train", "--task", "location", "--embeddings", str(tmp_path / "v.h5"),
+               "--labels", str(fx / "tiny_deeploc_val.fasta"), "--max-epochs", "2",
+               "--val-fraction", "0.2", "--quiet", "--out", str(tmp_path / "probe2")]) == 0
+  assert _run(["eval", "--probe", str(tmp_path / "probe2"), "--embeddings",
+               str(tmp_path / "v.h5"), "--labels", str(fx / "tiny_deeploc_val.fasta"),
+               "--bootstrap", "50", "--out", str(tmp_path / "r2.json")]) == 0
+  rep = json.loads((tmp_path / "r2.json").read_text())
+  assert rep["metrics"]["Q10"]["n_proteins"] == 4
   assert rep["metrics"]["Q2"]["n_proteins"] == 3  # U excluded
-  md = (tmp_path / "r.md").read_text()
+  md = (tmp_path / "r2.md").read_text()
   assert "| Q10 |" in md and "| Q2 |" in md and "Lysosome/Vacuole" in md
+  # --exclude-fasta drops training proteins whose sequence is in the test set.
+  assert _run(["train", "--task", "location", "--embeddings", str(tmp_path / "v.h5"),
+               "--labels", str(fx / "tiny_deeploc_val.fasta"), "--exclude-fasta",
+               str(fx / "tiny_deeploc_val.fasta"), "--quiet", "--out",
+               str(tmp_path / "p3")]) == 2
+  assert "need at least 2 proteins" in capsys.readouterr().err
 
 
 def test_cli_ss_eval_writes_json_and_markdown(ss_files, cnn_probe, tmp_path):

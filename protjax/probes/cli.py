@@ -74,10 +74,17 @@ def _train(args) -> int:
     if args.val_labels is not None:
       raise InputError("--val-labels is for ss3ss8; the location probe holds out "
                        "--val-fraction of its training set")
+    exclude = []
+    for path in args.exclude_fasta or ():
+      from protjax.data import readers
+      exclude += [seq for _, seq in readers.read_fasta(path)]
     probe = ptrain.train_protein_probe(
         args.embeddings, args.labels, args.labels_csv, out_dir=args.out,
         model=args.model or "fnn", pooling=args.pooling, config=_config(args),
-        progress=not args.quiet)
+        exclude_sequences=exclude, progress=not args.quiet)
+    if probe.meta["n_train_membrane_labels"] == 0:
+      print("note: no membrane labels (M/S) in the training set: the membrane head "
+            "is untrained and eval will not report Q2", file=sys.stderr)
   last = probe.meta["history"][probe.meta["best_epoch"] - 1]
   print(f"saved {task} probe ({probe.meta['model']}) to {args.out}: best epoch "
         f"{probe.meta['best_epoch']}, validation loss {last['val_loss']:.4f}",
@@ -125,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--model", help="ss3ss8: cnn (default), logreg, fnn, bilstm; location: fnn")
   t.add_argument("--pooling", default="mean", choices=("mean", "min", "max", "concat"),
                  help="location: pooling over residues (concat = min, max, mean)")
+  t.add_argument("--exclude-fasta", action="append",
+                 help="location: drop training proteins whose sequence occurs in this "
+                 "FASTA (e.g. the test set; DeepLoc's files overlap); repeatable")
   t.add_argument("--val-embeddings", help="ss3ss8: HDF5 of a separate validation set")
   t.add_argument("--val-labels", help="ss3ss8: CSV of a separate validation set "
                  "(default: hold out --val-fraction of the training set)")

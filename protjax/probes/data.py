@@ -41,7 +41,7 @@ _DSSP8_ID = {c: i for i, c in enumerate(DSSP8)}
 class ResidueSet:
   """Per-residue probe data, one entry per protein (lists of `[length]` arrays)."""
   ids: list[str]
-  features: list[np.ndarray]  # [length, embed] float32
+  features: list[np.ndarray]  # [length, embed] float16/float32 as stored
   dssp3: list[np.ndarray]  # [length] int32 in DSSP3 order
   dssp8: list[np.ndarray]  # [length] int32 in DSSP8 order
   train_mask: list[np.ndarray]  # [length] bool: resolved residues (loss)
@@ -167,7 +167,9 @@ def load_residue_set(embeddings: str | os.PathLike, labels: str | os.PathLike, *
       if cb513:
         score &= np.asarray(lab["cb513_mask"], np.int8) == 1
       out.ids.append(rid)
-      out.features.append(np.asarray(arr, np.float32))
+      # Kept in the stored dtype (float16 LM embeddings stay half the size);
+      # batches are assembled in float32.
+      out.features.append(arr)
       out.dssp3.append(np.array([_DSSP3_ID[c] for c in lab["dssp3"]], np.int32))
       out.dssp8.append(np.array([_DSSP8_ID[c] for c in lab["dssp8"]], np.int32))
       out.train_mask.append(resolved)

@@ -345,6 +345,7 @@ def fit_protein(train: pdata.ProteinSet, val: pdata.ProteinSet, *, model: str = 
       "classes": {"location": list(pdata.LOCATIONS), "membrane": list(pdata.MEMBRANE)},
       "config": dataclasses.asdict(config), "best_epoch": stopper.best_epoch,
       "n_train": len(train), "n_val": len(val),
+      "n_train_location_labels": int((train.location >= 0).sum()),
       "n_train_membrane_labels": int((train.membrane >= 0).sum()), "history": history,
   }
   state = {"params": stopper.best_state, "input_mean": mean, "input_std": std}
@@ -432,14 +433,18 @@ def evaluate_protein_set(probe: Probe, data: pdata.ProteinSet, *,
                          n_resamples: int = metrics.N_BOOTSTRAP) -> dict:
   preds = predict_proteins(probe, data)
   out = {}
-  if (data.location >= 0).any():
+  # A head that saw no labels in training (e.g. membrane, when trained on the
+  # DeepLoc 10-class file alone) is not scored.
+  trained = lambda head: probe.meta.get(f"n_train_{head}_labels", 1) > 0
+  if (data.location >= 0).any() and trained("location"):
     out["Q10"] = metrics.score_proteins(data.location, preds["location"], data.location >= 0,
                                         pdata.LOCATIONS, n_resamples=n_resamples)
-  if (data.membrane >= 0).any():
+  if (data.membrane >= 0).any() and trained("membrane"):
     out["Q2"] = metrics.score_proteins(data.membrane, preds["membrane"], data.membrane >= 0,
                                        pdata.MEMBRANE, n_resamples=n_resamples)
   if not out:
-    raise InputError("no location or membrane labels to score")
+    raise InputError("nothing to score: no location or membrane labels for a head "
+                     "that was trained")
   return out
 
 
