@@ -243,34 +243,25 @@ def embed_loop(records: Sequence[tuple[str, str]], run_batch: RunBatch,
 # --------------------------------------------------------------------------
 # Model loading.
 # --------------------------------------------------------------------------
-def is_hf_directory(directory: str) -> bool:
-  """A Hugging Face model directory has a `config.json` next to its weights."""
-  return os.path.isfile(os.path.join(directory, "config.json"))
-
-
 def load_model(directory: str | os.PathLike):
   """Loads encoder params from a protjax params checkpoint or a HF T5 dir.
 
+  The format is auto-detected (`protjax.export.import_hf` recognises both);
+  a full encoder-decoder is reduced to its encoder.
+
   Returns:
-    `(params, config, kind)`, params reduced to the encoder-only subtrees
-    (`token_embedder`, `encoder`), as float32 host arrays.
+    `(params, config, kind)`, params the encoder-only subtrees
+    (`token_embedder`, `encoder`) as float32 host arrays.
 
   Raises:
-    InputError when `directory` is not a directory or holds neither format.
+    InputError when `directory` is missing or holds neither format.
   """
   from protjax import export   # deferred: pulls in orbax / safetensors
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
     raise InputError("model directory does not exist", path=directory)
-  if is_hf_directory(directory):
-    params, config, kind = export.import_hf(directory)
-  else:
-    params, config, kind = export.load_params_checkpoint(directory)
-  missing = [k for k in ("token_embedder", "encoder") if k not in params]
-  if missing:
-    raise InputError(f"checkpoint has no {', '.join(missing)} parameters "
-                     "(not a T5 encoder?)", path=directory)
-  return {k: params[k] for k in ("token_embedder", "encoder")}, config, kind
+  params, config, kind = export.import_hf(directory, kind="encoder")
+  return export.encoder_params(params), config, kind
 
 
 def _choose_model_parallel(param_bytes: int, devices) -> int:
@@ -305,6 +296,8 @@ class Embedder:
     storage_dtype: dtype of the written per-residue arrays.
     token_budget, max_length, ladder, long_threshold, long_step: see `Batching`
       and `validate_records`.
+    attention_impl: attention for buckets up to `long_threshold` ("einsum",
+      "xla"); default: the config's. Longer buckets always use "blockwise".
     model_parallel: devices per model replica; "auto" picks the smallest size
       whose parameter shard fits the device memory (1 on CPU).
     devices: default `jax.local_devices()`.
@@ -317,10 +310,12 @@ class Embedder:
                ladder: Sequence[int] = DEFAULT_LADDER,
                long_threshold: int = DEFAULT_LONG_THRESHOLD,
                long_step: int = DEFAULT_LONG_STEP,
+               attention_impl: Optional[str] = None,
                model_parallel: int | str = "auto", devices=None):
     import jax
     import jax.numpy as jnp
     from protjax import partitioning
+    from protjax.models import t5
     if dtype not in DTYPES:
       raise InputError(f"--dtype {dtype!r} is not one of {DTYPES}")
     if storage_dtype not in STORAGE_DTYPES:
@@ -332,12 +327,13 @@ class Embedder:
     self.storage_dtype = storage_dtype
     self.max_length = max_length
     self.vocab = ProtT5Vocabulary()
-    self.config = dataclasses.replace(config, dtype=dtype, dropout_rate=0.0)
+    self.config = dataclasses.replace(
+        config, dtype=dtype, dropout_rate=0.0,
+        attention_impl=attention_impl or config.attention_impl)
     self.dim = int(config.d_model)
     devices = list(jax.local_devices() if devices is None else devices)
-    cast = lambda x: (jnp.asarray(x, dtype) if jnp.issubdtype(jnp.asarray(x).dtype,
-                                                               jnp.floating) else x)
-    params = jax.tree.map(cast, params)
+    if dtype != "float32":   # norm scales stay float32 (the norm runs in float32)
+      params = t5.to_half_precision(params, jnp.dtype(dtype))
     param_bytes = partitioning.num_bytes(params)
     if model_parallel == "auto":
       model_parallel = _choose_model_parallel(param_bytes, devices)

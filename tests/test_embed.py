@@ -159,3 +159,276 @@ def test_validate_records_names_record_and_problem(seq, problem):
 def test_validate_records_rejects_duplicates():
   with pytest.raises(InputError, match="duplicate"):
     embed.validate_records([("a", "ACD"), ("a", "ACD")], max_length=10)
+
+
+# --------------------------------------------------------------------------
+# The real model path (tiny T5, 8 fake CPU devices from conftest).
+# --------------------------------------------------------------------------
+import jax  # noqa: E402  (after the pure tests on purpose: they need no JAX)
+
+from protjax import embeddings_io, export  # noqa: E402
+from protjax.data.readers import read_fasta  # noqa: E402
+from protjax.models import t5  # noqa: E402
+
+TOKEN_BUDGET = 512   # small: several shapes from the 10-protein fixture
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """(params, config): a random tiny encoder with 32-token attention blocks."""
+  config = t5.get_config("tiny", attention_block_size=32)
+  variables = t5.T5Encoder(config).init(jax.random.PRNGKey(0),
+                                        np.ones((1, 8), np.int32))
+  params = jax.tree.map(np.asarray, variables["params"])
+  return params, config
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny):
+  params, config = tiny
+  return embed.Embedder(params, config, model_name="tiny", token_budget=TOKEN_BUDGET)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny, tmp_path_factory):
+  params, config = tiny
+  return export.save_params_checkpoint(tmp_path_factory.mktemp("m") / "tiny", params, config)
+
+
+@pytest.fixture
+def fasta(fixtures_dir):
+  return str(fixtures_dir / "embed" / "proteins.fasta")
+
+
+_JITTED = {}
+
+
+def encode_alone(params, config, seq, **overrides):
+  """The encoder called directly on one unpadded sequence: `[n, d]` (no `</s>`).
+
+  Plain `T5Encoder.apply` on `[1, n + 1]` tokens, jitted only for speed (op-by-op
+  dispatch of 16 shapes takes over a minute).
+  """
+  cfg = dataclasses_replace(config, dropout_rate=0.0, **overrides)
+  if cfg not in _JITTED:
+    _JITTED[cfg] = jax.jit(lambda p, t: t5.T5Encoder(cfg).apply({"params": p}, t))
+  tokens = embed.tokenize(seq, ProtT5Vocabulary())[None]
+  return np.asarray(_JITTED[cfg](params, tokens))[0, :-1]
+
+
+def dataclasses_replace(config, **kw):
+  import dataclasses
+  return dataclasses.replace(config, **kw)
+
+
+def read_all(path):
+  with embeddings_io.EmbeddingFile(path) as f:
+    return f.attrs, {pid: f[pid] for pid in f.ids()}
+
+
+def test_embed_fasta_equals_encoder_on_each_sequence_alone(embedder, tiny, fasta, tmp_path):
+  params, config = tiny
+  res_path, prot_path = tmp_path / "res.h5", tmp_path / "prot.h5"
+  summary = embed.embed_fasta(embedder, fasta, per_residue=res_path, per_protein=prot_path)
+  records = list(read_fasta(fasta))
+  assert summary["embedded"] == len(records) == 10 and summary["skipped"] == 0
+  res_attrs, res = read_all(res_path)
+  prot_attrs, prot = read_all(prot_path)
+  assert (res_attrs.model, res_attrs.dim, res_attrs.kind) == ("tiny", 32, "per_residue")
+  assert prot_attrs.kind == "per_protein" and prot_attrs.options["dtype"] == "float32"
+  assert set(res) == set(prot) == {rid for rid, _ in records}
+  for rid, seq in records:
+    alone = encode_alone(params, config, seq)
+    assert res[rid].shape == (len(seq), 32) and res[rid].dtype == np.float32
+    np.testing.assert_allclose(res[rid], alone, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(prot[rid], alone.mean(0), atol=2e-5, rtol=1e-5)
+  # Batches were data-parallel over all 8 fake devices with fixed shapes: one
+  # compiled program per bucket used, not one per batch.
+  assert embedder.batching.num_shards == len(jax.local_devices()) == 8
+  lengths = [len(s) + 1 for _, s in records]
+  plan = embedder.batching.plan(lengths)
+  fn = embedder.forward_fn(long=False, per_residue=True, per_protein=True)
+  assert fn._cache_size() == len({b for b, _ in plan})
+
+
+def test_long_proteins_use_blockwise_attention_and_match(tiny):
+  params, config = tiny
+  emb = embed.Embedder(params, config, token_budget=TOKEN_BUDGET, long_threshold=64,
+                       long_step=64, ladder=(32, 64))
+  seqs = ["MKT" * 50, "ACDE" * 10]           # 151 tokens: long bucket 192; 41: 64
+  out = emb.embed_sequences(seqs)
+  assert emb.batching.is_long(emb.batching.bucket(151))
+  assert emb.forward_fn(long=True, per_protein=False)._cache_size() == 1
+  for seq, got in zip(seqs, out):
+    # Reference: plain einsum attention over the unpadded sequence.
+    np.testing.assert_allclose(got, encode_alone(params, config, seq,
+                                                 attention_impl="einsum"),
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_long_protein_memory_grows_linearly(tiny):
+  """Compile-only: XLA's temp memory for 8k vs 32k tokens grows ~4x, not 16x."""
+  params, config = tiny
+  emb = embed.Embedder(params, config, devices=jax.local_devices()[:1])
+  fn = emb.forward_fn(long=True, per_protein=False)
+  temp = {}
+  for n in (8192, 36864):                    # 36864: the bucket of 35,000 residues
+    assert emb.batching.bucket(n - 1) == n and emb.batching.batch_size(n) == 1
+    tokens = jax.ShapeDtypeStruct((1, n), np.int32)
+    with emb.partitioner.activation_context():
+      compiled = fn.lower(emb.params, tokens).compile()
+    temp[n] = compiled.memory_analysis().temp_size_in_bytes
+  assert temp[36864] < 6 * temp[8192]        # linear: 4.5x; quadratic would be ~20x
+  assert temp[36864] < 256 * 2**20           # dense scores alone would be 10 GiB
+
+
+def test_half_precision_path(tiny):
+  params, config = tiny
+  seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "ACDEFGHIKLMNPQRSTVWY" * 3]
+  full = embed.Embedder(params, config).embed_sequences(seqs)
+  half = embed.Embedder(params, config, dtype="bfloat16", storage_dtype="float16")
+  assert half.params["encoder"]["layers_0"]["mlp"]["wi"]["kernel"].dtype == jax.numpy.bfloat16
+  for a, b in zip(full, half.embed_sequences(seqs)):
+    assert b.dtype == np.float16
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b.astype(np.float32), axis=-1)
+    assert cos.min() > 0.99
+
+
+def test_model_directories_are_auto_detected(tiny, model_dir, tmp_path):
+  """A params checkpoint and a HF export of it load as the same encoder."""
+  params, config = tiny
+  hf_dir = export.export_hf(params, config, tmp_path / "hf")
+  flat = lambda p: jax.tree_util.tree_flatten_with_path(p)[0]
+  for directory, name in ((model_dir, "tiny"), (hf_dir, "hf")):
+    emb = embed.Embedder.from_directory(directory)
+    assert emb.model_name == name and emb.dim == config.d_model
+    assert emb.config.num_encoder_layers == config.num_encoder_layers
+    got = flat(emb.params)
+    assert [k for k, _ in got] == [k for k, _ in flat(params)]
+    for (_, a), (_, b) in zip(got, flat(params)):
+      np.testing.assert_array_equal(np.asarray(a), b)
+  with pytest.raises(InputError, match="does not exist"):
+    embed.load_model(tmp_path / "nowhere")
+
+
+class Boom(RuntimeError):
+  pass
+
+
+def test_interrupted_run_resumes_to_identical_file(embedder, fasta, tmp_path):
+  ref = tmp_path / "ref.h5"
+  embed.embed_fasta(embedder, fasta, per_residue=ref, per_protein=tmp_path / "ref_p.h5")
+  out = tmp_path / "out.h5"
+  written = []
+
+  def fail_after_5(rid):
+    written.append(rid)
+    if len(written) == 5:
+      raise Boom()
+
+  with pytest.raises(Boom):
+    embed.embed_fasta(embedder, fasta, per_residue=out, per_protein=tmp_path / "p.h5",
+                      on_written=fail_after_5)
+  assert not out.exists()                       # never a final file from a failed run
+  with h5py.File(str(out) + ".partial", "r") as f:
+    assert len(f) == 5
+  summary = embed.embed_fasta(embedder, fasta, per_residue=out, per_protein=tmp_path / "p.h5")
+  assert summary["skipped"] == 5 and summary["embedded"] == 5
+  assert not os.path.exists(str(out) + ".partial")
+  (attrs_r, r), (attrs_o, o) = read_all(ref), read_all(out)
+  assert attrs_r == attrs_o and set(r) == set(o)
+  for k in r:
+    np.testing.assert_array_equal(r[k], o[k])
+  # A rerun on a complete file has nothing left to do and leaves it as it is.
+  again = embed.embed_fasta(embedder, fasta, per_residue=out, per_protein=tmp_path / "p.h5")
+  assert again["embedded"] == 0 and again["skipped"] == 10
+  assert set(read_all(out)[1]) == set(r)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from protjax import embed
+    n = [0]
+    def on_written(rid):
+      n[0] += 1
+      if n[0] == int(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    embed.embed_fasta(sys.argv[1], sys.argv[2], per_residue=sys.argv[3] + ".res.h5",
+                      per_protein=sys.argv[3] + ".prot.h5", token_budget=512,
+                      on_written=on_written)
+""")
+
+
+def test_sigkilled_run_resumes_to_identical_files(embedder, model_dir, fasta, tmp_path):
+  ref, out = str(tmp_path / "ref"), str(tmp_path / "out")
+  embed.embed_fasta(embedder, fasta, per_residue=ref + ".res.h5", per_protein=ref + ".prot.h5")
+  proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, model_dir, fasta, out, "6"],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  for suffix in (".res.h5", ".prot.h5"):
+    assert not os.path.exists(out + suffix)
+    with h5py.File(out + suffix + ".partial", "r") as f:
+      assert len(f) >= 5                        # all flushed before the kill survive
+  # Resume in this process (same model: the directory's name is "tiny").
+  summary = embed.embed_fasta(embedder, fasta, per_residue=out + ".res.h5",
+                              per_protein=out + ".prot.h5")
+  assert summary["skipped"] >= 5 and summary["embedded"] + summary["skipped"] == 10
+  for suffix in (".res.h5", ".prot.h5"):
+    (attrs_r, r), (attrs_o, o) = read_all(ref + suffix), read_all(out + suffix)
+    assert attrs_r == attrs_o and set(r) == set(o) and len(r) == 10
+    for k in r:
+      np.testing.assert_array_equal(r[k], o[k])
+
+
+# --------------------------------------------------------------------------
+# CLI and bad input: one line naming the record, no output left behind.
+# --------------------------------------------------------------------------
+def run_cli(args, capsys):
+  with pytest.raises(SystemExit) as e:
+    embed.main(args)
+  out, err = capsys.readouterr()
+  return e.value.code, out, err
+
+
+def test_cli_writes_both_files(model_dir, fasta, tmp_path, capsys):
+  res, prot = tmp_path / "r.h5", tmp_path / "p.h5"
+  code, out, _ = run_cli(["--model", model_dir, "--fasta", fasta, "--per_residue", str(res),
+                          "--per_protein", str(prot), "--token_budget", "512",
+                          "--no_progress"], capsys)
+  assert code == 0 and "embedded 10 proteins" in out
+  assert len(read_all(res)[1]) == len(read_all(prot)[1]) == 10
+
+
+@pytest.mark.parametrize("body,record,problem", [
+    (">ok\nMKT\n>empty one\n>next\nAAA\n", "empty", "no sequence"),
+    (">ok\nMKT\n>long\n" + "A" * 30 + "\n", "long", "more than max_length=20"),
+    (">ok\nMKT\n>bad\nMK1T\n", "bad", "'1' is not a residue"),
+])
+def test_cli_bad_records(model_dir, tmp_path, capsys, body, record, problem):
+  fa = tmp_path / "in.fasta"
+  fa.write_text(body)
+  out = tmp_path / "o.h5"
+  code, _, err = run_cli(["--model", model_dir, "--fasta", str(fa), "--per_protein", str(out),
+                          "--max_length", "20", "--no_progress"], capsys)
+  assert code == 2
+  assert err.count("\n") == 1 and err.startswith("error: ")
+  assert f"record {record!r}" in err and problem in err and str(fa) in err
+  assert list(tmp_path.iterdir()) == [fa]        # no output, not even a .partial
+
+
+def test_cli_refuses_output_of_another_model(model_dir, fasta, tmp_path, capsys):
+  res, prot = tmp_path / "r.h5", tmp_path / "p.h5"
+  with embeddings_io.EmbeddingWriter(prot, model="other", dim=7, kind="per_protein") as w:
+    w.write("x", np.zeros(7, np.float32))
+  before = prot.read_bytes()
+  code, _, err = run_cli(["--model", model_dir, "--fasta", fasta, "--per_residue", str(res),
+                          "--per_protein", str(prot), "--no_progress"], capsys)
+  assert code == 2 and err.count("\n") == 1
+  assert str(prot) in err and "dimension 7" in err
+  assert prot.read_bytes() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["p.h5"]
+
+
+def test_cli_needs_an_output(model_dir, fasta, capsys):
+  code, _, err = run_cli(["--model", model_dir, "--fasta", fasta], capsys)
+  assert code == 2 and "--per_residue" in err
