@@ -15,6 +15,7 @@ packed row computes exactly what each protein alone would.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import pathlib
 from typing import Any, Mapping
 
@@ -188,10 +189,12 @@ def _prepare(config: T5Config, bias, mask):
 
 
 def _maybe_remat(cls, config: T5Config):
-  # Arguments: (self, x, ..., deterministic): deterministic must stay static.
+  """`cls`, rematerialised if `config.remat`; `deterministic` (last argument) stays static."""
   if not config.remat:
     return cls
-  return nn.remat(cls, static_argnums=(-1,))
+  # nn.remat counts `self` as argument 0.
+  num_args = len(inspect.signature(cls.__call__).parameters)
+  return nn.remat(cls, static_argnums=(num_args - 1,))
 
 
 class EncoderLayer(nn.Module):
