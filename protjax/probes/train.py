@@ -515,6 +515,9 @@ def write_text_atomic(path: str, text: str) -> None:
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; reports are for sharing
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
