@@ -1,0 +1,850 @@
+"""The end-to-end acid test: does a small ProtT5 pretrained here beat chance?
+
+  python bench/acid_test.py --data ../shared/data --train_minutes 35
+
+One command, five stages (each cached in `--work_dir`, so a rerun resumes):
+
+1. pretrain: ProtT5-mini (`gin_configs/runs/acid_test.gin`) with the ProtT5
+   objective (15% of residues -> <extra_id_0>, the decoder rebuilds the whole
+   sequence) on the FASTA files in `<data>/pretraining/`; 5% of the sequences
+   (by id hash, `DataConfig.validation_fraction`) are held out. Training stops
+   at `--train_minutes` of wall clock (SIGTERM to itself: the trainer saves a
+   checkpoint and returns) or at `train.train_steps`, whichever comes first.
+   Then the masked-residue accuracy and loss of the final parameters are
+   measured on the whole held-out split, beside a randomly initialised model
+   and the best constant guess.
+2. export: the trained encoder, and a randomly initialised encoder of the same
+   shape (the paper's random-projection control), as protjax params
+   checkpoints (`protjax.export.save_params_checkpoint`); the trained encoder
+   also as a Hugging Face directory (`export_hf`).
+3. embed (`protjax.embed.embed_fasta`, per-residue HDF5, float16 storage):
+   a subsample of the NetSurfP-2.0 training set (`--ss_train_chains`), CB513,
+   TS115, a subsample of the DeepLoc training file (`--loc_train_proteins`,
+   drawn after removing every sequence that also occurs in the validation
+   file) and the whole DeepLoc validation file, with both encoders.
+4. probe: for trained LM, random LM, one-hot and BLOSUM62 features, the
+   per-residue CNN (Q3/Q8 on CB513 and TS115) and the per-protein FNN
+   (Q10/Q2 on the DeepLoc validation file by k-fold cross-validation), with
+   exactly the procedure of `bench/probe_baselines.py` (its `run_ss` /
+   `run_loc` are called; see its docstring for the scoring rules). Plus the
+   pooling comparison (mean / min / max / concat) on DeepLoc with the trained
+   LM (the paper's Table 10).
+5. report: `<out>/acid_test.md` and `.json`, `acid_test_pretraining.png`
+   (loss and masked-residue accuracy curves) and `acid_test_tsne.png`
+   (t-SNE of per-protein embeddings of the DeepLoc validation proteins,
+   coloured by location, random LM beside trained LM, as the paper's Fig. 4).
+
+The acid-test criterion: trained-LM CB513 Q3 minus random-LM CB513 Q3 is
+more than twice the combined standard error sqrt(se_trained^2 + se_random^2)
+(bootstrap over proteins).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import gzip
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import probe_baselines as pb  # noqa: E402  (bench/probe_baselines.py)
+from protjax.data import readers  # noqa: E402
+from protjax.probes import data as pdata  # noqa: E402
+from protjax.probes import train as ptrain  # noqa: E402
+
+SS, LOC = pb.SS, pb.LOC
+LM_KINDS = ("trained_lm", "random_lm")
+BASELINE_KINDS = ("onehot", "blosum62")
+KIND_LABELS = {"trained_lm": "trained LM", "random_lm": "random LM (same shape)",
+               "onehot": "one-hot (DeepOneHot)", "blosum62": "BLOSUM62 (DeepBLOSUM62)"}
+POOLINGS = ("mean", "min", "max", "concat")
+# ProtT5-XL-U50 + the same probes (REFERENCE.md / data README).
+PAPER = {"CB513": {"Q3": 86.0, "Q8": 74.0}, "TS115": {"Q3": 87.0, "Q8": 77.0},
+         "DeepLoc": {"Q10": 81.0, "Q2": 91.0}}
+
+
+# --------------------------------------------------------------------------
+# Small helpers.
+# --------------------------------------------------------------------------
+def _log(msg: str) -> None:
+  print(f"[acid {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  ptrain.write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=_jsonable))
+
+
+def _jsonable(x):
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  raise TypeError(f"not JSON-able: {type(x)}")
+
+
+def _cached(path: str, fn, *args, **kwargs):
+  """Runs `fn` unless its JSON result is already at `path` (resumable stages)."""
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  out = fn(*args, **kwargs)
+  write_json_atomic(path, out)
+  with open(path) as f:  # the same types a rerun would see
+    return json.load(f)
+
+
+def machine() -> dict:
+  info = {"platform": platform.platform(), "python": platform.python_version(),
+          "cpus": os.cpu_count(), "hostname": platform.node()}
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+    info["cpu_model"] = names[0] if names else None
+  except OSError:
+    pass
+  try:
+    info["load_average_at_start"] = list(os.getloadavg())
+  except OSError:
+    pass
+  try:
+    import jax
+    info["jax"] = jax.__version__
+    info["jax_backend"] = jax.default_backend()
+    info["jax_devices"] = [str(d) for d in jax.devices()][:4]
+    info["jax_device_count"] = jax.device_count()
+  except Exception as e:  # pylint: disable=broad-except
+    info["jax"] = f"unavailable: {e}"
+  try:
+    info["git_commit"] = subprocess.run(
+        ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True,
+        check=False).stdout.strip()
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=False).stdout
+    info["git_dirty_files"] = [l[3:] for l in dirty.splitlines()]
+  except OSError:
+    pass
+  return info
+
+
+# --------------------------------------------------------------------------
+# Stage 1: pretraining.
+# --------------------------------------------------------------------------
+def pretraining_files(data_dir: str) -> list[str]:
+  d = os.path.join(data_dir, "pretraining")
+  files = sorted(os.path.join(d, f) for f in os.listdir(d)
+                 if f.endswith((".fasta", ".fa", ".fasta.gz", ".fa.gz")))
+  if not files:
+    raise SystemExit(f"no FASTA files in {d}")
+  return files
+
+
+def _parse_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+  import gin
+  from protjax import gin_setup
+  gin.clear_config()
+  for path in (os.getcwd(), REPO):
+    gin.add_config_file_search_path(path)
+  gin_setup.parse_gin(list(gin_files), list(bindings), finalize=False)
+
+
+def _data_config():
+  import gin
+  from protjax.data.pipeline import DataConfig
+  return gin.get_configurable(DataConfig)()
+
+
+def heldout_eval(params, config, data_cfg, max_batches: int = 1000) -> dict:
+  """Deterministic loss and masked-residue accuracy over the whole held-out split.
+
+  Also the accuracy of the best constant guess (the residue most frequent at
+  the masked positions of this split: an upper bound for a frequency-only
+  model).
+  """
+  import jax
+  from protjax.models import t5
+  model = t5.EncoderDecoderModel(config)
+  step = jax.jit(lambda p, b: model.loss_fn(p, b, None)[1])
+  mask_id = 127
+  tot = {"loss": 0.0, "cross_entropy": 0.0, "accuracy": 0.0}
+  n_tok = 0.0
+  masked_correct, n_masked = 0.0, 0
+  counts = np.zeros(config.vocab_size, np.int64)
+  n_seq = 0
+  for i, batch in enumerate(data_cfg.get_dataset("validation", repeat=False)):
+    if i >= max_batches:
+      break
+    m = jax.device_get(step(params, batch))
+    w = float(m["num_tokens"])
+    for k in tot:
+      tot[k] += w * float(m[k])
+    n_tok += w
+    masked = (batch["encoder_input_tokens"] == mask_id) & (batch["decoder_loss_weights"] > 0)
+    nm = int(masked.sum())
+    if nm:  # (a batch without masked positions may report 0/0)
+      masked_correct += float(m["masked_residue_accuracy"]) * nm
+    n_masked += nm
+    counts += np.bincount(batch["decoder_target_tokens"][masked], minlength=config.vocab_size)
+    n_seq += int((batch["decoder_loss_weights"].sum(1) > 0).sum())
+  out = {k: v / max(n_tok, 1.0) for k, v in tot.items()}
+  out["masked_residue_accuracy"] = masked_correct / max(n_masked, 1)
+  out["masked_positions"] = n_masked
+  out["target_tokens"] = n_tok
+  out["sequences"] = n_seq
+  out["best_constant_accuracy"] = float(counts.max() / max(n_masked, 1))
+  return out
+
+
+def pretrain(args, work: str) -> dict:
+  """Trains (or resumes) ProtT5-mini; returns curves, steps and held-out scores."""
+  import gin
+  import jax
+  from protjax import checkpoints, trainer
+  from protjax.export import config_from_dict
+  from protjax.models import t5
+
+  model_dir = os.path.join(work, "pretrain")
+  files = pretraining_files(args.data)
+  bindings = [f"train.model_dir = {model_dir!r}",
+              f"DataConfig.source_files = {tuple(files)!r}"] + list(args.gin)
+  gin_files = [args.gin_file] + ([args.model_gin] if args.model_gin else [])
+  _parse_gin(gin_files, bindings)
+  budget_s = args.train_minutes * 60.0
+  t0 = time.time()
+  state = {"signalled": None}
+
+  def budget_hook(step: int) -> None:
+    if state["signalled"] is None and time.time() - t0 > budget_s:
+      state["signalled"] = step
+      _log(f"pretraining budget of {args.train_minutes} min reached at step {step}: "
+           "stopping (SIGTERM -> checkpoint)")
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  _log(f"pretraining into {model_dir} (budget {args.train_minutes} min)")
+  result = gin.get_configurable(trainer.train)(config_str=gin.config_str(),
+                                               hooks=[budget_hook])
+  train_seconds = time.time() - t0
+  config_str = gin.config_str()
+  data_cfg = _data_config()
+  gin.clear_config()
+  with open(os.path.join(model_dir, "model_config.json")) as f:
+    config = config_from_dict(json.load(f), ignore=("family", "kind"))
+  params = checkpoints.restore_params(model_dir)
+  if "params" in params and "token_embedder" not in params:
+    params = params["params"]
+  _log(f"pretraining stopped at step {result.step} after {train_seconds / 60:.1f} min; "
+       "held-out evaluation")
+  heldout = heldout_eval(params, config, data_cfg)
+  rand = t5.EncoderDecoderModel(config).init_variables(
+      jax.random.PRNGKey(args.random_seed), 1, 8, 8)["params"]
+  heldout_random = heldout_eval(rand, config, data_cfg)
+  _log(f"held-out masked-residue accuracy {100 * heldout['masked_residue_accuracy']:.2f}% "
+       f"(random init {100 * heldout_random['masked_residue_accuracy']:.2f}%, best constant "
+       f"{100 * heldout['best_constant_accuracy']:.2f}%), loss {heldout['loss']:.4f}")
+  history = {str(s): {k: m[k] for k in ("loss", "masked_residue_accuracy", "accuracy",
+                                         "learning_rate", "grad_norm") if k in m}
+             for s, m in sorted(result.history.items())}
+  total, encoder = t5.param_count(config)
+  return {
+      "model_dir": model_dir, "files": files, "gin_files": gin_files, "bindings": bindings,
+      "config_str": config_str, "model_config": dataclasses.asdict(config),
+      "data_config": dataclasses.asdict(data_cfg),
+      "param_count": {"total": int(total), "encoder": int(encoder)},
+      "start_step": result.start_step, "final_step": result.step,
+      "stopped": result.stopped, "stopped_by_budget_at": state["signalled"],
+      "train_minutes_budget": args.train_minutes, "train_seconds": train_seconds,
+      "history": history,
+      "eval_history": {str(s): m for s, m in sorted(result.eval_history.items())},
+      "heldout": heldout, "heldout_random_init": heldout_random,
+  }
+
+
+# --------------------------------------------------------------------------
+# Stage 2: export.
+# --------------------------------------------------------------------------
+def export_encoders(args, work: str, pre: dict) -> dict:
+  import jax
+  from protjax import checkpoints, export
+  from protjax.models import t5
+  config = export.config_from_dict(pre["model_config"])
+  params = checkpoints.restore_params(pre["model_dir"])
+  if "params" in params and "token_embedder" not in params:
+    params = params["params"]
+  out = {}
+  out["trained_lm"] = export.save_params_checkpoint(
+      os.path.join(work, "encoders", "trained_lm"), params, config, kind="encoder",
+      overwrite=True)
+  rand = t5.EncoderDecoderModel(config).init_variables(
+      jax.random.PRNGKey(args.random_seed), 1, 8, 8)["params"]
+  out["random_lm"] = export.save_params_checkpoint(
+      os.path.join(work, "encoders", "random_lm"), rand, config, kind="encoder",
+      overwrite=True)
+  try:
+    out["trained_lm_hf"] = export.export_hf(
+        params, config, os.path.join(work, "encoders", "trained_lm_hf"), "float32",
+        kind="encoder", overwrite=True)
+  except Exception as e:  # pylint: disable=broad-except
+    # The HF copy is a by-product; the run embeds from the params checkpoint.
+    out["trained_lm_hf_error"] = f"{e.__class__.__name__}: {e}"
+  out["random_seed"] = args.random_seed
+  return out
+
+
+# --------------------------------------------------------------------------
+# Stage 3: probe data subsets and embeddings.
+# --------------------------------------------------------------------------
+def _fasta_records(path: str) -> list[tuple[str, list[str]]]:
+  """(header line, sequence lines) of every record, verbatim."""
+  recs, header, lines = [], None, []
+  with readers.open_text(path) as f:
+    for line in f:
+      line = line.rstrip("\n")
+      if line.startswith(">"):
+        if header is not None:
+          recs.append((header, lines))
+        header, lines = line, []
+      elif header is not None:
+        lines.append(line)
+  if header is not None:
+    recs.append((header, lines))
+  return recs
+
+
+def _link(src: str, dst: str) -> None:
+  if os.path.lexists(dst):
+    os.remove(dst)
+  os.symlink(os.path.abspath(src), dst)
+
+
+def make_probe_data(args, work: str) -> dict:
+  """A data folder in probe_baselines' layout with the training files subsampled.
+
+  Test files (CB513, TS115, the DeepLoc validation file) are linked unchanged.
+  """
+  root = os.path.join(work, "probe_data")
+  ss_dir, loc_dir = os.path.join(root, SS), os.path.join(root, LOC)
+  os.makedirs(ss_dir, exist_ok=True)
+  os.makedirs(loc_dir, exist_ok=True)
+  rng = np.random.default_rng(args.seed)
+  src_ss, src_loc = os.path.join(args.data, SS), os.path.join(args.data, LOC)
+  for name in ("CB513.csv", "TS115.csv"):
+    _link(os.path.join(src_ss, name), os.path.join(ss_dir, name))
+  # NetSurfP-2.0 training chains: a random subset, original rows verbatim.
+  with readers.open_text(os.path.join(src_ss, "netsurfp2_train.csv.gz")) as f:
+    rows = list(csv.reader(f))
+  header, body = rows[0], rows[1:]
+  n_ss = len(body) if args.ss_train_chains <= 0 else min(args.ss_train_chains, len(body))
+  keep = np.sort(rng.choice(len(body), n_ss, replace=False))
+  tmp = os.path.join(ss_dir, "netsurfp2_train.csv.gz.tmp")
+  with gzip.open(tmp, "wt", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    w.writerows(body[i] for i in keep)
+  os.replace(tmp, os.path.join(ss_dir, "netsurfp2_train.csv.gz"))
+  # DeepLoc: drop training sequences that occur in the validation file first
+  # (probe_baselines drops them anyway), then subsample.
+  val_fa = os.path.join(src_loc, "deeploc_val_membrane.fasta")
+  _link(val_fa, os.path.join(loc_dir, "deeploc_val_membrane.fasta"))
+  _link(os.path.join(src_loc, "deeploc_train_10class_labels.csv"),
+        os.path.join(loc_dir, "deeploc_train_10class_labels.csv"))
+  val_seqs = {s for _, s in readers.read_fasta(val_fa)}
+  train_fa = os.path.join(src_loc, "deeploc_train_10class.fasta")
+  seqs = [s for _, s in readers.read_fasta(train_fa)]
+  recs = _fasta_records(train_fa)
+  if len(recs) != len(seqs):
+    raise SystemExit(f"{train_fa}: {len(recs)} headers but {len(seqs)} records read")
+  fresh = [i for i, s in enumerate(seqs) if s not in val_seqs]
+  n_loc = len(fresh) if args.loc_train_proteins <= 0 else min(args.loc_train_proteins,
+                                                               len(fresh))
+  pick = np.sort(rng.choice(fresh, n_loc, replace=False))
+  ptrain.write_text_atomic(
+      os.path.join(loc_dir, "deeploc_train_10class.fasta"),
+      "".join(recs[i][0] + "\n" + "".join(l + "\n" for l in recs[i][1]) for i in pick))
+  res_count = lambda ids, lens: int(sum(lens[i] for i in ids))
+  return {"dir": root, "seed": args.seed,
+          "netsurfp_train_chains": {"used": int(n_ss), "of": len(body),
+                                    "residues": res_count(keep, [len(r[0].split()) for r in body])},
+          "deeploc_train": {"used": int(n_loc), "of": len(seqs),
+                            "not_in_validation_file": len(fresh),
+                            "residues": res_count(pick, [len(s) for s in seqs])},
+          "deeploc_val": {"proteins": len(val_seqs)}}
+
+
+def _csv_to_fasta(csv_path: str, fasta_path: str) -> None:
+  """The chains of a NetSurfP CSV as FASTA, ids = the readers' ids (row index)."""
+  ptrain.write_text_atomic(fasta_path, "".join(
+      f">{rid}\n{seq}\n" for rid, seq, _ in readers.read_netsurfp_csv(csv_path)))
+
+
+def embed_probe_data(args, work: str, probe_data: dict, encoders: dict) -> dict:
+  """Per-residue HDF5 of every probe file, named as probe_baselines caches them."""
+  from protjax import embed
+  probes_work = os.path.join(work, "probes")
+  fasta_dir = os.path.join(work, "probe_fasta")
+  os.makedirs(probes_work, exist_ok=True)
+  os.makedirs(fasta_dir, exist_ok=True)
+  root = probe_data["dir"]
+  inputs = {}
+  for key, name in (("train", "netsurfp2_train.csv.gz"), ("CB513", "CB513.csv"),
+                    ("TS115", "TS115.csv")):
+    fa = os.path.join(fasta_dir, f"ss_{key}.fasta")
+    if not os.path.exists(fa):
+      _csv_to_fasta(os.path.join(root, SS, name), fa)
+    inputs[key] = fa
+  inputs["deeploc_train"] = os.path.join(root, LOC, "deeploc_train_10class.fasta")
+  inputs["deeploc_val"] = os.path.join(root, LOC, "deeploc_val_membrane.fasta")
+  out = {}
+  for kind in LM_KINDS:
+    embedder = embed.Embedder.from_directory(encoders[kind], model_name=f"acid_{kind}",
+                                             storage_dtype="float16",
+                                             token_budget=args.embed_token_budget)
+    out[kind] = {}
+    for key, fa in inputs.items():
+      h5 = os.path.join(probes_work, f"{kind}_{key}.h5")
+      if os.path.exists(h5):
+        out[kind][key] = {"path": h5, "cached": True}
+        continue
+      summary = embed.embed_fasta(embedder, fa, per_residue=h5)
+      _log(f"embedded {summary['embedded']} proteins ({summary['residues']} residues) of "
+           f"{key} with {kind} in {summary['seconds']:.0f}s "
+           f"({summary['residues'] / max(summary['seconds'], 1e-9):.0f} residues/s)")
+      out[kind][key] = dict(summary, path=h5)
+  out["options"] = {"storage_dtype": "float16", "token_budget": args.embed_token_budget,
+                    "per_residue": "last encoder hidden state without </s>"}
+  return out
+
+
+# --------------------------------------------------------------------------
+# Stage 4: probes (probe_baselines' procedure for every feature kind).
+# --------------------------------------------------------------------------
+def probe_configs(args) -> tuple[ptrain.TrainConfig, ptrain.TrainConfig]:
+  ss_cfg = ptrain.TrainConfig(max_epochs=args.ss_max_epochs, patience=args.ss_patience,
+                              batch_tokens=args.ss_batch_tokens, seed=args.seed)
+  loc_cfg = ptrain.TrainConfig(max_epochs=args.loc_max_epochs, patience=args.loc_patience,
+                               batch_size=64, seed=args.seed)
+  return ss_cfg, loc_cfg
+
+
+def _slim_ss(r: dict) -> dict:
+  """run_ss output without the bulky per-class tables (kept: accuracy, se, counts)."""
+  out = {k: v for k, v in r.items() if k not in ("CB513", "TS115")}
+  for name in ("CB513", "TS115"):
+    out[name] = {q: _slim_metric(m) for q, m in r[name]["metrics"].items()}
+    out[name]["n_proteins"] = r[name].get("n_proteins")
+    out[name]["scoring"] = r[name].get("scoring")
+  return out
+
+
+def _slim_metric(m: dict) -> dict:
+  return {k: m[k] for k in m if k not in ("confusion",)}
+
+
+def _slim_loc(r: dict) -> dict:
+  out = {k: v for k, v in r.items() if k not in ("cv", "train_only")}
+  out["cv"] = {q: _slim_metric(m) for q, m in r["cv"].items()}
+  out["train_only"] = {q: _slim_metric(m) for q, m in r["train_only"].items()}
+  return out
+
+
+def run_probes(args, work: str, probe_data: dict) -> dict:
+  ss_cfg, loc_cfg = probe_configs(args)
+  probes_work = os.path.join(work, "probes")
+  cache = os.path.join(work, "results")
+  os.makedirs(cache, exist_ok=True)
+  data_dir = probe_data["dir"]
+  results: dict = {"ss": {}, "loc": {}, "pooling": {}}
+  for kind in LM_KINDS + BASELINE_KINDS:
+    _log(f"probes on {kind}")
+    t = time.time()
+    results["ss"][kind] = _cached(
+        os.path.join(cache, f"ss_{kind}.json"),
+        lambda k=kind: _slim_ss(pb.run_ss(k, data_dir, probes_work, ss_cfg, "cnn")))
+    results["loc"][kind] = _cached(
+        os.path.join(cache, f"loc_{kind}_mean.json"),
+        lambda k=kind: _slim_loc(pb.run_loc(k, data_dir, probes_work, loc_cfg, "mean",
+                                            args.folds)))
+    results.setdefault("seconds", {})[kind] = time.time() - t
+  results["pooling"]["mean"] = results["loc"]["trained_lm"]
+  for pooling in POOLINGS[1:]:
+    _log(f"pooling comparison: {pooling}")
+    results["pooling"][pooling] = _cached(
+        os.path.join(cache, f"loc_trained_lm_{pooling}.json"),
+        lambda p=pooling: _slim_loc(pb.run_loc("trained_lm", data_dir, probes_work, loc_cfg,
+                                               p, args.folds)))
+  results["ss_config"] = dataclasses.asdict(ss_cfg)
+  results["loc_config"] = dataclasses.asdict(loc_cfg)
+  return results
+
+
+# --------------------------------------------------------------------------
+# Stage 5: figures, criterion, report.
+# --------------------------------------------------------------------------
+def acid_criterion(probes: dict) -> dict:
+  t = probes["ss"]["trained_lm"]["CB513"]["Q3"]
+  r = probes["ss"]["random_lm"]["CB513"]["Q3"]
+  diff = t["accuracy"] - r["accuracy"]
+  se = math.sqrt(t["se"] ** 2 + r["se"] ** 2)
+  return {"trained_q3": t["accuracy"], "trained_se": t["se"], "random_q3": r["accuracy"],
+          "random_se": r["se"], "difference": diff, "combined_se": se,
+          "ratio": diff / se if se > 0 else float("inf") if diff > 0 else 0.0,
+          "passed": bool(diff > 2 * se)}
+
+
+def plot_pretraining(pre: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  steps = np.array([int(s) for s in pre["history"]])
+  loss = np.array([m["loss"] for m in pre["history"].values()])
+  macc = np.array([m.get("masked_residue_accuracy", np.nan) for m in pre["history"].values()])
+  ev = pre["eval_history"]
+  ev_steps = [int(s) for s in ev]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  win = max(1, min(25, len(steps) // 10 or 1))
+  smooth = lambda x: np.convolve(x, np.ones(win) / win, mode="valid")
+  for ax, y, key, name in ((axes[0], loss, "loss", "loss (cross-entropy + z-loss)"),
+                           (axes[1], 100 * macc, "masked_residue_accuracy",
+                            "masked-residue accuracy (%)")):
+    ax.plot(steps, y, color="0.8", lw=0.6, label="train (per step, dropout on)")
+    if len(steps) >= win:
+      ax.plot(steps[win - 1:], smooth(y), color="C0", label=f"train ({win}-step mean)")
+    if ev_steps:
+      scale = 100 if key != "loss" else 1
+      ax.plot(ev_steps, [scale * ev[str(s)][key] for s in ev_steps], "o-", color="C3",
+              label="held-out 5% (eval batches)")
+    final = pre["heldout"][key] * (100 if key != "loss" else 1)
+    ax.axhline(final, color="C3", ls=":", lw=1,
+               label=f"final, whole held-out split: {final:.3g}")
+    if key != "loss":
+      ax.axhline(100 * pre["heldout"]["best_constant_accuracy"], color="k", ls="--", lw=0.8,
+                 label="best constant guess")
+    ax.set_xlabel("step")
+    ax.set_title(name)
+    ax.legend(fontsize=7)
+  fig.suptitle(f"ProtT5 pretraining ({pre['param_count']['total'] / 1e6:.2f}M parameters, "
+               f"{pre['final_step']} steps)")
+  fig.tight_layout()
+  _savefig(fig, path)
+
+
+def _savefig(fig, path: str) -> None:
+  import matplotlib.pyplot as plt
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def plot_tsne(work: str, probe_data: dict, path: str, seed: int, perplexity: float) -> dict:
+  """t-SNE of mean-pooled DeepLoc validation embeddings, random LM | trained LM."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from sklearn.manifold import TSNE
+  val_fa = os.path.join(probe_data["dir"], LOC, "deeploc_val_membrane.fasta")
+  fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+  colours = plt.get_cmap("tab10")
+  info = {}
+  for ax, kind in zip(axes, ("random_lm", "trained_lm")):
+    ps = pdata.load_protein_set(os.path.join(work, "probes", f"{kind}_deeploc_val.h5"), val_fa,
+                                pooling="mean")
+    keep = ps.location >= 0
+    x = ps.features[keep]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    perp = min(perplexity, max(2.0, (len(x) - 1) / 3.0))
+    xy = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(x)
+    for c, name in enumerate(pdata.LOCATIONS):
+      sel = ps.location[keep] == c
+      ax.scatter(xy[sel, 0], xy[sel, 1], s=5, color=colours(c), label=name)
+    ax.set_title(f"{KIND_LABELS[kind]}: {int(keep.sum())} DeepLoc validation proteins")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    info[kind] = {"proteins": int(keep.sum()), "perplexity": perp}
+  axes[1].legend(markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+  fig.suptitle("t-SNE of per-protein (mean-pooled) embeddings, coloured by location")
+  fig.tight_layout()
+  _savefig(fig, path)
+  return info
+
+
+def _cell(m: Optional[dict]) -> str:
+  return "-" if m is None else f"{m['accuracy']:.1f} ± {m['se']:.1f}"
+
+
+def results_table(probes: dict) -> str:
+  lines = ["| features | CB513 Q3 | CB513 Q8 | TS115 Q3 | TS115 Q8 | DeepLoc Q10 | DeepLoc Q2 |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+  for kind in LM_KINDS + BASELINE_KINDS:
+    ss, loc = probes["ss"][kind], probes["loc"][kind]
+    cells = [_cell(ss[n][q]) for n in ("CB513", "TS115") for q in ("Q3", "Q8")]
+    cells += [_cell(loc["cv"].get(q)) for q in ("Q10", "Q2")]
+    lines.append(f"| {KIND_LABELS[kind]} | " + " | ".join(cells) + " |")
+  p = PAPER
+  lines.append(f"| paper: ProtT5-XL-U50 | {p['CB513']['Q3']:.0f} | {p['CB513']['Q8']:.0f} | "
+               f"{p['TS115']['Q3']:.0f} | {p['TS115']['Q8']:.0f} | {p['DeepLoc']['Q10']:.0f} | "
+               f"{p['DeepLoc']['Q2']:.0f} |")
+  return "\n".join(lines)
+
+
+def pooling_table(probes: dict) -> str:
+  lines = ["| pooling (trained LM) | features | DeepLoc Q10 | DeepLoc Q2 | Q10, train file only |",
+           "| --- | --- | --- | --- | --- |"]
+  for pooling in POOLINGS:
+    r = probes["pooling"][pooling]
+    width = "3 × d" if pooling == "concat" else "d"
+    lines.append(f"| {pooling} | {width} | {_cell(r['cv'].get('Q10'))} | "
+                 f"{_cell(r['cv'].get('Q2'))} | {_cell(r['train_only'].get('Q10'))} |")
+  return "\n".join(lines)
+
+
+def standing(probes: dict) -> list[str]:
+  """Plain sentences: the trained LM against each other row, CB513 Q3 and DeepLoc Q10."""
+  out = []
+  t_ss = probes["ss"]["trained_lm"]["CB513"]["Q3"]
+  t_loc = probes["loc"]["trained_lm"]["cv"]["Q10"]
+  for kind in ("random_lm",) + BASELINE_KINDS:
+    parts = []
+    for name, t, o in (("CB513 Q3", t_ss, probes["ss"][kind]["CB513"]["Q3"]),
+                       ("DeepLoc Q10", t_loc, probes["loc"][kind]["cv"]["Q10"])):
+      d = t["accuracy"] - o["accuracy"]
+      se = math.sqrt(t["se"] ** 2 + o["se"] ** 2)
+      verdict = ("better" if d > 2 * se else "worse" if d < -2 * se
+                 else "not distinguishable (within 2 combined SE)")
+      parts.append(f"{name} {d:+.1f} points ({d / se if se else float('nan'):+.1f} combined SE: "
+                   f"{verdict})")
+    out.append(f"- vs {KIND_LABELS[kind]}: " + "; ".join(parts) + ".")
+  gap = [f"{name} {q} {PAPER[name][q] - v:.1f} points below"
+         for name, q, v in (("CB513", "Q3", t_ss["accuracy"]),
+                            ("TS115", "Q3", probes["ss"]["trained_lm"]["TS115"]["Q3"]["accuracy"]),
+                            ("CB513", "Q8", probes["ss"]["trained_lm"]["CB513"]["Q8"]["accuracy"]),
+                            ("DeepLoc", "Q10", t_loc["accuracy"]),
+                            ("DeepLoc", "Q2", probes["loc"]["trained_lm"]["cv"]["Q2"]["accuracy"]))]
+  out.append("- vs the paper's ProtT5-XL-U50 (2.8B parameters, ~2.2M steps at batch 2048 on "
+             "BFD + UniRef50): " + ", ".join(gap) + ".")
+  return out
+
+
+def _fmt_minutes(s: float) -> str:
+  return f"{s / 60:.1f} min"
+
+
+def markdown(rep: dict) -> str:
+  pre, probes, crit = rep["pretraining"], rep["probes"], rep["acid_criterion"]
+  m, cfg, dc = rep["machine"], pre["model_config"], pre["data_config"]
+  ho, hr = pre["heldout"], pre["heldout_random_init"]
+  pd_ = rep["probe_data"]
+  verdict = ("**PASSED**" if crit["passed"] else "**NOT MET**")
+  L = []
+  L.append("# Acid test: a small ProtT5 pretrained on CPU vs a random encoder of the same shape\n")
+  L.append(f"Produced by one run of `{rep['command']}` "
+           f"(started {rep['started_utc']}, finished {rep['finished_utc']}, "
+           f"wall time {_fmt_minutes(rep['wall_seconds'])}).\n")
+  L.append("## Verdict\n")
+  L.append(f"Acid-test criterion (trained-LM CB513 Q3 − random-LM CB513 Q3 > 2 × combined SE): "
+           f"{verdict}. Trained {crit['trained_q3']:.2f} ± {crit['trained_se']:.2f}, random "
+           f"{crit['random_q3']:.2f} ± {crit['random_se']:.2f}: difference "
+           f"{crit['difference']:+.2f} points = {crit['ratio']:.1f} × the combined SE "
+           f"({crit['combined_se']:.2f}).\n")
+  L.append("## Results (probes on frozen features; ± bootstrap SE over proteins)\n")
+  L.append(results_table(probes) + "\n")
+  L.append("Q3/Q8: CNN probe trained on the NetSurfP-2.0 subset below; scored on residues with "
+           "disorder==1 (CB513 also cb513_mask==1), pooled over residues. Q10/Q2: per-protein "
+           f"FNN on mean-pooled features, {probes['folds']}-fold cross-validation over the "
+           "DeepLoc validation file (each fold trains on the DeepLoc training subset plus the "
+           "other folds; `Cytoplasm-Nucleus` not in Q10, U not in Q2), exactly as "
+           "`bench/probe_baselines.py`.\n")
+  L.append("Where the small model stands:\n")
+  L.extend(standing(probes))
+  L.append("")
+  L.append("## Pretraining\n")
+  L.append(f"- Model: ProtT5 (T5 v1.0: ReLU FFN, tied embeddings, RMS norm, relative "
+           f"position bias), d_model {cfg['d_model']}, d_ff {cfg['d_ff']}, {cfg['num_heads']} "
+           f"heads × d_kv {cfg['d_kv']}, {cfg['num_encoder_layers']} encoder + "
+           f"{cfg['num_decoder_layers']} decoder layers, dropout {cfg['dropout_rate']}, "
+           f"compute {cfg['dtype']}: {pre['param_count']['total']:,} parameters "
+           f"({pre['param_count']['encoder']:,} in the encoder with the embedding).")
+  L.append(f"- Objective: ProtT5's (each residue → `<extra_id_0>` with probability 0.15, the "
+           f"decoder rebuilds the whole sequence; cross-entropy + 1e-4 z-loss).")
+  L.append(f"- Corpus: {', '.join(os.path.basename(f) for f in pre['files'])}; task "
+           f"`{dc['task_name']}` with these source files; {100 * dc['validation_fraction']:.0f}% "
+           f"of the sequences held out by id hash; length {dc['sequence_length']} tokens incl. "
+           f"`</s>` (random crop of longer proteins), batch {dc['batch_size']}, no packing.")
+  L.append(f"- Steps: {pre['final_step']} (started at {pre['start_step']}); "
+           + (f"stopped by the {pre['train_minutes_budget']}-minute wall-clock budget at step "
+              f"{pre['stopped_by_budget_at']}" if pre['stopped_by_budget_at'] is not None
+              else "ran to train.train_steps")
+           + f"; training wall time {_fmt_minutes(pre['train_seconds'])} "
+           f"(≈ {pre['final_step'] * dc['batch_size'] / max(pre['train_seconds'], 1):.1f} "
+           f"sequences/s incl. compilation and evaluation).")
+  L.append(f"- Optimiser: see the gin below (Adafactor, inverse-square-root schedule).\n")
+  L.append(f"Held-out split ({ho['sequences']} sequences, {ho['masked_positions']} masked "
+           "positions), deterministic:\n")
+  L.append("| parameters | loss | cross-entropy | token accuracy | masked-residue accuracy |")
+  L.append("| --- | --- | --- | --- | --- |")
+  for name, h in (("trained (final step)", ho), ("random init (same shape)", hr)):
+    L.append(f"| {name} | {h['loss']:.4f} | {h['cross_entropy']:.4f} | "
+             f"{100 * h['accuracy']:.2f}% | {100 * h['masked_residue_accuracy']:.2f}% |")
+  L.append(f"| best constant guess at masked positions | | | | "
+           f"{100 * ho['best_constant_accuracy']:.2f}% |\n")
+  if pre["eval_history"]:
+    L.append("Evaluation during training (first `train.eval_steps` batches of the held-out "
+             "split):\n")
+    L.append("| step | loss | masked-residue accuracy |")
+    L.append("| --- | --- | --- |")
+    for s, e in pre["eval_history"].items():
+      L.append(f"| {s} | {e['loss']:.4f} | {100 * e['masked_residue_accuracy']:.2f}% |")
+    L.append("")
+  L.append("![pretraining curves](acid_test_pretraining.png)\n")
+  L.append("## Per-protein embeddings (cf. the paper's Figure 4)\n")
+  L.append("![t-SNE](acid_test_tsne.png)\n")
+  L.append(f"t-SNE (scikit-learn, PCA init, perplexity {rep['tsne']['trained_lm']['perplexity']:.0f}, "
+           f"seed {rep['settings']['seed']}) of the standardised mean-pooled embeddings of the "
+           "DeepLoc validation proteins with one of the ten locations.\n")
+  L.append("## Pooling comparison on DeepLoc, trained LM (cf. the paper's Table 10)\n")
+  L.append(pooling_table(probes) + "\n")
+  L.append("Q10/Q2 by the same cross-validation as above; the last column is a probe trained on "
+           "the DeepLoc training subset alone, scored on the whole validation file.\n")
+  L.append("## Settings\n")
+  L.append(f"- Command: `{rep['command']}`")
+  L.append(f"- Script arguments: `{json.dumps(rep['settings'], sort_keys=True)}`")
+  L.append(f"- Probe data: NetSurfP-2.0 training chains {pd_['netsurfp_train_chains']['used']} of "
+           f"{pd_['netsurfp_train_chains']['of']} (random, seed {pd_['seed']}; "
+           f"{pd_['netsurfp_train_chains']['residues']:,} residues; 5% of them held out for early "
+           f"stopping); CB513 and TS115 whole; DeepLoc training proteins "
+           f"{pd_['deeploc_train']['used']} of the {pd_['deeploc_train']['not_in_validation_file']} "
+           f"(of {pd_['deeploc_train']['of']}) whose sequence is not in the validation file; "
+           f"DeepLoc validation file whole ({pd_['deeploc_val']['proteins']} proteins).")
+  L.append(f"- Embeddings: `protjax.embed.embed_fasta`, float32 compute, stored float16, full "
+           f"length (no cropping; T5's relative positions), last encoder hidden state without "
+           f"`</s>`; random LM = the model's initialiser with seed {rep['encoders']['random_seed']}.")
+  L.append(f"- Per-residue probe: CNN (32 channels, window 7, two heads), Adam "
+           f"{probes['ss_config']['learning_rate']}, ≤ {probes['ss_config']['max_epochs']} epochs, "
+           f"patience {probes['ss_config']['patience']}, {probes['ss_config']['batch_tokens']} "
+           f"padded residues per batch.")
+  L.append(f"- Per-protein probe: FNN (32 units, two heads), Adam "
+           f"{probes['loc_config']['learning_rate']}, ≤ {probes['loc_config']['max_epochs']} "
+           f"epochs, patience {probes['loc_config']['patience']}, batch "
+           f"{probes['loc_config']['batch_size']}, inputs standardised; "
+           f"{probes['folds']}-fold CV.")
+  L.append("- Standard errors: bootstrap over proteins (1000 resamples), per "
+           "`protjax.probes.metrics`; the criterion combines the two SEs in quadrature.\n")
+  L.append("Pretraining gin (resolved):\n")
+  L.append("```\n" + pre["config_str"].strip() + "\n```\n")
+  L.append("## Machine and wall time\n")
+  L.append(f"- {m.get('cpu_model')}, {m.get('cpus')} CPUs, {m.get('platform')}, python "
+           f"{m.get('python')}, jax {m.get('jax')} ({m.get('jax_backend')}, "
+           f"{m.get('jax_device_count')} devices); load average at start "
+           f"{', '.join(f'{x:.1f}' for x in m.get('load_average_at_start', []))} "
+           "(the CPUs were shared with other jobs).")
+  L.append(f"- git commit {m.get('git_commit')}" + (
+      f" with local changes in {', '.join(m['git_dirty_files'])}" if m.get("git_dirty_files")
+      else ""))
+  for stage, s in rep["stage_seconds"].items():
+    L.append(f"- {stage}: {_fmt_minutes(s)}")
+  L.append(f"- total: {_fmt_minutes(rep['wall_seconds'])}")
+  return "\n".join(L) + "\n"
+
+
+# --------------------------------------------------------------------------
+# Main.
+# --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--data", default="../shared/data", help="the shared data folder")
+  ap.add_argument("--out", default=os.path.join(REPO, "bench", "results"),
+                  help="folder for acid_test.md/.json/_*.png")
+  ap.add_argument("--work_dir", default="/tmp/protjax_acid",
+                  help="checkpoints, encoders, embeddings, probe caches (not committed); "
+                       "a rerun resumes from what is there")
+  ap.add_argument("--gin_file", default=os.path.join(REPO, "gin_configs", "runs", "acid_test.gin"))
+  ap.add_argument("--model_gin", default=None,
+                  help="a size gin applied after --gin_file (default: the run gin's, "
+                       "prott5_mini)")
+  ap.add_argument("--gin", action="append", default=[],
+                  help="extra gin binding, e.g. --gin 'DataConfig.batch_size=16' (repeatable)")
+  ap.add_argument("--train_minutes", type=float, default=40.0,
+                  help="wall-clock budget of pretraining (incl. compilation)")
+  ap.add_argument("--random_seed", type=int, default=1234,
+                  help="init seed of the random-LM control")
+  ap.add_argument("--seed", type=int, default=0, help="subsampling and probe seed")
+  ap.add_argument("--ss_train_chains", type=int, default=500,
+                  help="NetSurfP-2.0 training chains for the CNN probes (<=0: all)")
+  ap.add_argument("--loc_train_proteins", type=int, default=300,
+                  help="DeepLoc training proteins for the FNN probes (<=0: all)")
+  ap.add_argument("--ss_max_epochs", type=int, default=15)
+  ap.add_argument("--ss_patience", type=int, default=3)
+  ap.add_argument("--ss_batch_tokens", type=int, default=16384)
+  ap.add_argument("--loc_max_epochs", type=int, default=200)
+  ap.add_argument("--loc_patience", type=int, default=10)
+  ap.add_argument("--folds", type=int, default=5)
+  ap.add_argument("--embed_token_budget", type=int, default=16384)
+  ap.add_argument("--tsne_perplexity", type=float, default=30.0)
+  ap.add_argument("--fresh", action="store_true", help="delete --work_dir first")
+  return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  args.data = os.path.abspath(args.data)
+  work = os.path.abspath(args.work_dir)
+  if args.fresh and os.path.exists(work):
+    shutil.rmtree(work)
+  os.makedirs(work, exist_ok=True)
+  os.makedirs(args.out, exist_ok=True)
+  t_start = time.time()
+  rep: dict = {"command": " ".join(["python", "bench/acid_test.py"] + list(
+      sys.argv[1:] if argv is None else argv)),
+               "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+               "settings": {k: v for k, v in vars(args).items()},
+               "machine": machine(), "stage_seconds": {}}
+
+  def stage(name, fn, *a):
+    t = time.time()
+    out = _cached(os.path.join(work, f"stage_{name}.json"), fn, *a)
+    rep["stage_seconds"][name] = time.time() - t
+    _log(f"stage {name} done in {(time.time() - t) / 60:.1f} min")
+    return out
+
+  rep["pretraining"] = stage("pretrain", pretrain, args, work)
+  rep["encoders"] = stage("export", export_encoders, args, work, rep["pretraining"])
+  rep["probe_data"] = stage("probe_data", make_probe_data, args, work)
+  rep["embeddings"] = stage("embed", embed_probe_data, args, work, rep["probe_data"],
+                            rep["encoders"])
+  probes = stage("probes", run_probes, args, work, rep["probe_data"])
+  probes["folds"] = args.folds
+  rep["probes"] = probes
+  rep["acid_criterion"] = acid_criterion(probes)
+  t = time.time()
+  plot_pretraining(rep["pretraining"], os.path.join(args.out, "acid_test_pretraining.png"))
+  rep["tsne"] = plot_tsne(work, rep["probe_data"], os.path.join(args.out, "acid_test_tsne.png"),
+                          args.seed, args.tsne_perplexity)
+  rep["stage_seconds"]["figures"] = time.time() - t
+  rep["wall_seconds"] = time.time() - t_start
+  rep["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+  write_json_atomic(os.path.join(args.out, "acid_test.json"), rep)
+  md = markdown(rep)
+  ptrain.write_text_atomic(os.path.join(args.out, "acid_test.md"), md)
+  print(results_table(probes))
+  c = rep["acid_criterion"]
+  _log(f"acid criterion {'PASSED' if c['passed'] else 'NOT MET'}: CB513 Q3 trained "
+       f"{c['trained_q3']:.2f} vs random {c['random_q3']:.2f} "
+       f"(diff {c['difference']:+.2f}, {c['ratio']:.1f} x combined SE)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

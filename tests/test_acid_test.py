@@ -1,0 +1,185 @@
+"""Smoke test of bench/acid_test.py: the whole path on tiny generated data.
+
+Pretrain ProtT5-tiny (stopped by the wall-clock budget after a step or two),
+export, embed, probe (trained LM, random LM, one-hot, BLOSUM62), pool, plot,
+report; then a rerun on the same work dir resumes from the caches and gives
+the same numbers.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+LOCATIONS = ("Nucleus", "Cytoplasm", "Extracellular", "Mitochondrion", "Cell.membrane",
+             "Endoplasmic.reticulum", "Plastid", "Golgi.apparatus", "Lysosome/Vacuole",
+             "Peroxisome")
+
+
+def _load_script():
+  spec = importlib.util.spec_from_file_location("acid_test", REPO / "bench" / "acid_test.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _seq(rng, lo, hi):
+  return "".join(rng.choice(list(RESIDUES), rng.integers(lo, hi)))
+
+
+def _ss_csv(path, rng, n, seq_col, cb513):
+  rows = []
+  for _ in range(n):
+    s = _seq(rng, 20, 70)
+    d3 = rng.choice(list("HEC"), len(s))
+    d8 = [{"H": "H", "E": "E", "C": "C"}[c] for c in d3]
+    dis = rng.choice([0, 1], len(s), p=[0.1, 0.9])
+    row = [" ".join(s), " ".join(d3), " ".join(d8), " ".join(map(str, dis))]
+    if cb513:
+      row.append(" ".join(map(str, rng.choice([0, 1], len(s), p=[0.3, 0.7]))))
+    else:
+      row.append(" ".join("1" for _ in s))
+    rows.append(row)
+  opener = gzip.open if str(path).endswith(".gz") else open
+  with opener(path, "wt", newline="") as f:
+    w = csv.writer(f)
+    w.writerow([seq_col, " dssp3", " dssp8", " disorder", " cb513_mask"])
+    w.writerows(rows)
+
+
+def make_data(root: pathlib.Path) -> None:
+  rng = np.random.default_rng(7)
+  pre = root / "pretraining"
+  pre.mkdir(parents=True)
+  for name, style in (("a.fasta", "sp"), ("b.fasta", "plain")):
+    with open(pre / name, "w") as f:
+      for i in range(60):
+        head = f"sp|P{name[0]}{i:04d}|X_Y desc" if style == "sp" else f"{name[0]}{i} EC~~~n~~~"
+        f.write(f">{head}\n{_seq(rng, 20, 90)}\n")
+  ss = root / "secondary_structure"
+  ss.mkdir()
+  _ss_csv(ss / "netsurfp2_train.csv.gz", rng, 30, "seq", cb513=False)
+  _ss_csv(ss / "CB513.csv", rng, 8, "input", cb513=True)
+  _ss_csv(ss / "TS115.csv", rng, 6, "input", cb513=False)
+  loc = root / "localization"
+  loc.mkdir()
+  train = [(f"deeploc_train_{i}", _seq(rng, 30, 100), LOCATIONS[i % 10]) for i in range(40)]
+  with open(loc / "deeploc_train_10class.fasta", "w") as f:
+    f.writelines(f">{i}\n{s}\n" for i, s, _ in train)
+  with open(loc / "deeploc_train_10class_labels.csv", "w") as f:
+    f.write("Label,Class\n" + "".join(f"{i},{c}\n" for i, _, c in train))
+  with open(loc / "deeploc_val_membrane.fasta", "w") as f:
+    for i in range(24):
+      # The first four repeat training sequences: they must leave the train set.
+      s = train[i][1] if i < 4 else _seq(rng, 30, 100)
+      where = "Cytoplasm-Nucleus" if i == 5 else LOCATIONS[i % 10]
+      f.write(f">Q{i:05d} {where}-{'MSU'[i % 3]}\n{s}\n")
+
+
+@pytest.fixture(scope="module")
+def acid_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("acid")
+  make_data(root / "data")
+  acid = _load_script()
+  argv = ["--data", str(root / "data"), "--out", str(root / "out"),
+          "--work_dir", str(root / "work"),
+          "--model_gin", str(REPO / "gin_configs" / "models" / "prott5_tiny.gin"),
+          "--gin", "DataConfig.sequence_length = 64", "--gin", "DataConfig.batch_size = 8",
+          "--gin", "DataConfig.validation_fraction = 0.2",
+          "--gin", "DataConfig.shuffle_buffer_size = 100",
+          "--gin", "train.train_steps = 50", "--gin", "train.eval_every = 1",
+          "--gin", "train.eval_steps = 2", "--gin", "train.log_every = 1",
+          "--gin", "CheckpointConfig.save_every = 1000",
+          "--train_minutes", "0", "--ss_train_chains", "20", "--loc_train_proteins", "30",
+          "--ss_max_epochs", "2", "--ss_patience", "1", "--loc_max_epochs", "3",
+          "--loc_patience", "1", "--folds", "2", "--tsne_perplexity", "5",
+          "--embed_token_budget", "1024"]
+  assert acid.main(argv) == 0
+  with open(root / "out" / "acid_test.json") as f:
+    rep = json.load(f)
+  return acid, argv, root, rep
+
+
+def test_outputs_exist(acid_run):
+  _, _, root, rep = acid_run
+  out = root / "out"
+  for name in ("acid_test_pretraining.png", "acid_test_tsne.png"):
+    assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  md = (out / "acid_test.md").read_text()
+  for needle in ("## Verdict", "trained LM", "random LM", "one-hot", "BLOSUM62", "Q10", "Q2",
+                 "## Pooling comparison", "## Machine and wall time", "T5Config.d_model = 32"):
+    assert needle in md
+  assert rep["machine"]["cpus"] == os.cpu_count()
+  assert rep["wall_seconds"] > 0
+
+
+def test_budget_stops_pretraining_and_heldout_eval(acid_run):
+  _, _, _, rep = acid_run
+  pre = rep["pretraining"]
+  # Budget 0 minutes: the hook signals after the first step; the trainer
+  # checkpoints and stops at the next poll, far short of train_steps=50.
+  assert pre["stopped_by_budget_at"] == 1
+  assert 1 <= pre["final_step"] <= 3
+  assert pre["model_config"]["d_model"] == 32  # --model_gin reached the model
+  ho = pre["heldout"]
+  assert ho["masked_positions"] > 0 and ho["sequences"] > 0
+  assert 0.0 <= ho["masked_residue_accuracy"] <= 1.0
+  assert 0.0 < ho["best_constant_accuracy"] <= 1.0
+  # An untrained tiny T5 predicts roughly uniformly over 128 ids.
+  assert abs(pre["heldout_random_init"]["cross_entropy"] - math.log(128)) < 0.5
+
+
+def test_table_and_criterion_consistent(acid_run):
+  acid, _, _, rep = acid_run
+  probes = rep["probes"]
+  for kind in ("trained_lm", "random_lm", "onehot", "blosum62"):
+    for name in ("CB513", "TS115"):
+      for q in ("Q3", "Q8"):
+        m = probes["ss"][kind][name][q]
+        assert 0.0 <= m["accuracy"] <= 100.0 and m["se"] >= 0.0
+    for q in ("Q10", "Q2"):
+      m = probes["loc"][kind]["cv"][q]
+      assert 0.0 <= m["accuracy"] <= 100.0
+  for pooling in ("mean", "min", "max", "concat"):
+    assert "Q10" in probes["pooling"][pooling]["cv"]
+  c = rep["acid_criterion"]
+  t, r = probes["ss"]["trained_lm"]["CB513"]["Q3"], probes["ss"]["random_lm"]["CB513"]["Q3"]
+  assert c["difference"] == pytest.approx(t["accuracy"] - r["accuracy"])
+  assert c["combined_se"] == pytest.approx(math.hypot(t["se"], r["se"]))
+  assert c["passed"] == (c["difference"] > 2 * c["combined_se"])
+  # Subsampling as asked; the 4 validation-file repeats left DeepLoc train first.
+  pd_ = rep["probe_data"]
+  assert pd_["netsurfp_train_chains"] == {"used": 20, "of": 30,
+                                          "residues": pd_["netsurfp_train_chains"]["residues"]}
+  assert pd_["deeploc_train"]["not_in_validation_file"] == 36
+  assert pd_["deeploc_train"]["used"] == 30
+
+
+def test_trained_and_random_embeddings_differ(acid_run):
+  _, _, root, _ = acid_run
+  from protjax import embeddings_io
+  a = embeddings_io.load_embeddings(root / "work" / "probes" / "trained_lm_CB513.h5")
+  b = embeddings_io.load_embeddings(root / "work" / "probes" / "random_lm_CB513.h5")
+  assert set(a) == set(b) and len(a) == 8
+  k = sorted(a)[0]
+  assert a[k].shape == b[k].shape and a[k].shape[1] == 32
+  assert not np.allclose(a[k], b[k])
+
+
+def test_rerun_resumes_with_same_numbers(acid_run):
+  acid, argv, root, rep = acid_run
+  assert acid.main(argv) == 0
+  with open(root / "out" / "acid_test.json") as f:
+    again = json.load(f)
+  assert again["pretraining"]["final_step"] == rep["pretraining"]["final_step"]
+  assert again["acid_criterion"] == rep["acid_criterion"]
+  assert again["probes"]["ss"] == rep["probes"]["ss"]
