@@ -128,15 +128,15 @@ def _einsum_attention(query, key, value, bias, mask, dropout_rate, dropout_rng, 
 
 def _fused_attention(query, key, value, bias, mask, dtype):
   """`jax.nn.dot_product_attention` with scale 1 (T5 has no logit scaling)."""
-  if bias is not None:
-    bias = jnp.asarray(bias, query.dtype)
   use_cudnn = (jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
                and query.shape[-1] % 8 == 0 and query.shape[-1] <= 128)
   out = None
   if use_cudnn:
     try:
       # cuDNN takes the mask most reliably folded into the bias.
-      cbias = bias if bias is not None else jnp.zeros((1, 1, 1, 1), query.dtype)
+      # cuDNN wants the bias in the input dtype (XLA's path keeps it float32).
+      cbias = (jnp.asarray(bias, query.dtype) if bias is not None
+               else jnp.zeros((1, 1, 1, 1), query.dtype))
       if mask is not None:
         cbias = jnp.where(mask, cbias, jnp.asarray(-1e9 if query.dtype == jnp.bfloat16
                                                     else -6e4, query.dtype))
