@@ -240,3 +240,21 @@ def test_cli_prints_examples_and_errors(tmp_path, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert e.value.code == 2 and len(err) == 1
   assert err[0].startswith("error: ") and "none*.fa" in err[0] and "matches no file" in err[0]
+  bad = tmp_path / "bad.fa"
+  bad.write_text(">ok\nMKTAYIAKQR\n>P12345 broken\nMKT9AY\n")
+  with pytest.raises(SystemExit) as e:
+    cli.main(["--source", str(bad), "--split", "validation", "--num", "1", "--length", "32"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert e.value.code == 2 and len(err) == 1
+  assert str(bad) in err[0] and "record 'P12345'" in err[0] and "position 4" in err[0]
+
+
+def test_rare_residue_switch(tmp_path):
+  p = tmp_path / "rare.fasta"
+  p.write_text(">u\nMUZOBK\n")
+  kw = dict(source_files=[str(p)], batch_size=1, validation_fraction=0.0, mask_rate=0.0)
+  b = _batches(1, **kw)[0]
+  np.testing.assert_array_equal(b["encoder_input_tokens"], b["decoder_target_tokens"])  # rate 0
+  mapped = b["decoder_target_tokens"][0, :7].tolist()
+  kept = _batches(1, map_rare_residues=False, **kw)[0]["decoder_target_tokens"][0, :7].tolist()
+  assert mapped == [19, 23, 23, 23, 23, 14, 1] and kept == [19, 26, 27, 25, 24, 14, 1]

@@ -20,6 +20,9 @@ the data. Splits: a record is in "validation" when crc32(id) mod 10000 falls
 below `validation_fraction` * 10000 (default 5%), else in "train", so the two
 never overlap and the split does not depend on file order.
 
+Multi-host evaluation: with repeat=False hosts may get different numbers of
+batches (shards differ in size); the caller must agree on a step count.
+
 Limitations: resuming replays the raw text stream up to the resume step
 (cheap for the sample corpus, minutes for UniRef-size runs late in training);
 duplicate ids are checked within a file only.
@@ -259,14 +262,17 @@ def build_dataset(task_name: str, *, split: str, sequence_length, batch_size: in
                   feature_converter: Optional[str] = None, pack: bool = False,
                   repeat: bool = True, shuffle: Optional[bool] = None,
                   length_policy: str = "crop", mask_rate: Optional[float] = None,
+                  map_rare_residues: bool = True,
                   source_files: Optional[Sequence[str]] = None,
                   validation_fraction: Optional[float] = None,
                   shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER) -> tf.data.Dataset:
   """The tf.data pipeline behind `get_dataset` (same arguments)."""
   spec = get_spec(task_name)
   objective = spec.objective
-  if mask_rate is not None:
-    objective = dataclasses.replace(objective, mask_rate=mask_rate)
+  if mask_rate is not None or not map_rare_residues:
+    objective = make_objective(objective.name,
+                               objective.mask_rate if mask_rate is None else mask_rate,
+                               map_rare_residues=map_rare_residues)
   kind = feature_converter or spec.default_converter
   if kind not in feature_converters.CONVERTERS:
     raise InputError(f"unknown feature converter {kind!r}; expected "
@@ -360,7 +366,7 @@ def get_dataset(task_name: str, *, split: str,
     pack: pack several proteins per row with segment ids / positions.
     repeat: loop over epochs forever (train) or stop after one (eval).
     **kwargs: shuffle (default: split == "train"), length_policy ("crop" |
-      "drop"), mask_rate, source_files (paths/globs overriding the task's),
+      "drop"), mask_rate, map_rare_residues (U Z O B -> X, default True), source_files (paths/globs overriding the task's),
       validation_fraction, shuffle_buffer_size.
 
   Yields:
@@ -380,7 +386,9 @@ class DataConfig:
   Attributes:
     task_name: registered task, `{corpus}_{objective}`.
     sequence_length: tokens per example incl. `</s>` (512, 1024, 2048 by phase).
-    batch_size: examples per host per step.
+    batch_size: examples per step. `get_dataset` here yields this many per
+      host unless `batch_size=` is passed; the trainer's PipelineSource treats
+      it as the global batch and passes batch_size / num_hosts.
     seed: data seed.
     pack: pack short proteins together (segment ids keep them apart).
     length_policy: "crop" (random window) or "drop" sequences that do not fit.
@@ -389,6 +397,7 @@ class DataConfig:
       uniref100, bfd; protjax never downloads).
     validation_fraction: share of ids held out for "validation".
     mask_rate: None for the objective's default (0.15 t5/bert, 0.25 electra).
+    map_rare_residues: map U Z O B to X before tokenising (ProtTrans default).
   """
   task_name: str = "protjax_sample_t5"
   sequence_length: int = 512
@@ -400,6 +409,7 @@ class DataConfig:
   source_files: tuple[str, ...] = ()
   validation_fraction: float = 0.05
   mask_rate: Optional[float] = None
+  map_rare_residues: bool = True
   shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER
 
   def get_dataset(self, split: str = "train", *, start_step: int = 0,
@@ -413,7 +423,7 @@ class DataConfig:
         shard_info=shard_info, feature_converter=self.feature_converter, pack=self.pack,
         repeat=(split == "train") if repeat is None else repeat,
         length_policy=self.length_policy, mask_rate=self.mask_rate,
-        source_files=list(self.source_files) or None,
+        map_rare_residues=self.map_rare_residues, source_files=list(self.source_files) or None,
         validation_fraction=self.validation_fraction,
         shuffle_buffer_size=self.shuffle_buffer_size)
 
