@@ -225,6 +225,11 @@ def test_seqio_task_path():
     assert ex["targets"][-1] == 1
     keep = ex["inputs"] != 127
     np.testing.assert_array_equal(ex["inputs"][keep], ex["targets"][keep])
+  # Shuffled and sharded training examples through seqio's own Task API.
+  shard = task.get_dataset({"inputs": 32, "targets": 32}, split="train", shuffle=True, seed=3,
+                           shard_info=seqio.ShardInfo(1, 2))
+  ex = next(shard.as_numpy_iterator())
+  assert ex["targets"][-1] == 1 and (ex["inputs"] == 127).sum() < len(ex["inputs"])
 
 
 def test_cli_prints_examples_and_errors(tmp_path, capsys):

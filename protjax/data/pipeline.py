@@ -100,7 +100,8 @@ class FastaSource(seqio.DataSource):
   def __init__(self, patterns: Union[Sequence[str], Callable[[], Sequence[str]]], *,
                name: str, validation_fraction: float = 0.05,
                check_duplicates: bool = True, cycle_length: int = 4):
-    super().__init__(splits=SPLITS)
+    # Shuffles files and records itself (seeded), so seqio's Task adds no buffer.
+    super().__init__(splits=SPLITS, performs_internal_shuffling=True)
     self._patterns = patterns
     self.name = name
     self.validation_fraction = validation_fraction
