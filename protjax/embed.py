@@ -7,7 +7,8 @@ small fixed set of padded shapes so jit compiles a handful of programs:
 2. sort by length (longest first) and bucket each protein's token count
    (residues + `</s>`) onto a fixed ladder of lengths;
 3. per bucket, batch `token_budget // bucket_len` proteins (a multiple of the
-   local device count), padding the last batch with dummy rows;
+   local device count), padding the last batch with dummy rows (a protein's
+   shape, hence its numbers, never depends on the other proteins);
 4. run the encoder data-parallel over all local devices (params replicated,
    batch sharded); above `long_threshold` tokens use blockwise attention (memory
    linear in length) and one protein per device;
@@ -95,6 +96,12 @@ class Batching:
 
   def plan(self, num_tokens: Sequence[int]) -> list[tuple[int, list[int]]]:
     """Groups proteins (by index) into batches, longest first.
+
+    A batch holds proteins of one bucket only, and every batch of a bucket has
+    the same shape (`pad_batch` fills a bucket's last batch with dummy rows).
+    So a protein's numbers depend on its own sequence only, never on which
+    other proteins are being embedded: a resumed run writes bit-identical
+    arrays. The price is at most one part-empty batch per bucket used.
 
     Args:
       num_tokens: tokens per protein (residues + 1).
@@ -296,8 +303,10 @@ class Embedder:
     storage_dtype: dtype of the written per-residue arrays.
     token_budget, max_length, ladder, long_threshold, long_step: see `Batching`
       and `validate_records`.
-    attention_impl: attention for buckets up to `long_threshold` ("einsum",
-      "xla"); default: the config's. Longer buckets always use "blockwise".
+    attention_impl: attention for buckets up to `long_threshold`: "xla"
+      (default; `jax.nn.dot_product_attention`, cuDNN on GPU in half
+      precision), "einsum", or None for the config's. Longer buckets always
+      use "blockwise".
     model_parallel: devices per model replica; "auto" picks the smallest size
       whose parameter shard fits the device memory (1 on CPU).
     devices: default `jax.local_devices()`.
@@ -310,7 +319,7 @@ class Embedder:
                ladder: Sequence[int] = DEFAULT_LADDER,
                long_threshold: int = DEFAULT_LONG_THRESHOLD,
                long_step: int = DEFAULT_LONG_STEP,
-               attention_impl: Optional[str] = None,
+               attention_impl: Optional[str] = "xla",
                model_parallel: int | str = "auto", devices=None):
     import jax
     import jax.numpy as jnp
@@ -552,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--long_threshold", type=int, default=DEFAULT_LONG_THRESHOLD,
                  help="tokens above which blockwise attention is used, one protein "
                  "per device (default %(default)s)")
+  p.add_argument("--attention_impl", choices=("xla", "einsum"), default="xla",
+                 help="attention up to --long_threshold (default %(default)s)")
   p.add_argument("--dtype", choices=DTYPES, default="float32",
                  help="compute precision (half precision: bfloat16 or float16)")
   p.add_argument("--storage_dtype", choices=STORAGE_DTYPES, default="float32",
@@ -577,7 +588,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise InputError(f"--model_parallel {mp!r} is neither an integer nor 'auto'")
   kwargs = dict(dtype=args.dtype, storage_dtype=args.storage_dtype,
                 token_budget=args.token_budget, max_length=args.max_length,
-                long_threshold=args.long_threshold, model_parallel=mp)
+                long_threshold=args.long_threshold, model_parallel=mp,
+                attention_impl=args.attention_impl)
   if args.model_name:
     kwargs["model_name"] = args.model_name
   summary = embed_fasta(args.model, args.fasta, per_residue=args.per_residue,

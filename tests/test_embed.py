@@ -64,9 +64,10 @@ def test_plan_sorted_covers_every_protein_once_with_few_shapes():
     assert bucket * b.batch_size(bucket) <= max(8192, bucket * 4)
   shapes = {(bucket, b.batch_size(bucket)) for bucket, _ in plan}
   assert len(shapes) <= len(embed.DEFAULT_LADDER) + 1   # + one long bucket (8192)
-  # Only the last batch of each bucket may be short.
-  for k, (bucket, idx) in enumerate(plan[:-1]):
-    if plan[k + 1][0] == bucket:
+  # Batches are bucket-pure; only the last batch of each bucket may be short.
+  for k, (bucket, idx) in enumerate(plan):
+    assert all(b.bucket(lengths[i]) == bucket for i in idx)
+    if k + 1 < len(plan) and plan[k + 1][0] == bucket:
       assert len(idx) == b.batch_size(bucket)
 
 

@@ -1,0 +1,269 @@
+"""Embedding throughput: protjax vs Hugging Face transformers' PyTorch T5EncoderModel.
+
+Both run the same encoder weights (random, exported from protjax with
+`protjax.export.export_hf`), on the same padded token batches (the embedder's
+length-sorted, token-budget batches on its fixed ladder of shapes), in the same
+precision, on the same host threads, interleaved repeat by repeat so a change in
+machine load hits both. Each timed pass covers every batch, including the copy
+of the last hidden state `[b, l, d]` back to host memory as numpy (what an
+embedder must do before writing). Figures are residues/s over real residues
+(padding and `</s>` excluded), medians over the repeats.
+
+Also reported: the full protjax `Embedder.embed` pipeline (tokenise, batch,
+forward, strip padding, mean-pool), model FLOPs utilisation when a peak is
+known (`--peak_tflops`, or a table for common GPUs), and the projected time for
+the human proteome (11.3M residues).
+
+CPU (this machine): python bench/embed_throughput.py --sample 240
+GPU later:          python bench/embed_throughput.py --config xl --dtype bf16 \
+                      --sample 2000 --token_budget 65536 [--no_torch]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HUMAN_PROTEOME_RESIDUES = 11.3e6
+DTYPE_ALIASES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16",
+                 "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+# Dense peak TFLOP/s per device for 16-bit matmuls (fp32: see --peak_tflops).
+PEAK_TFLOPS_16BIT = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0,
+                     "A10": 125.0, "V100": 125.0, "RTX 8000": 130.0}
+
+
+def parse_args(argv=None):
+  here = os.path.dirname(os.path.abspath(__file__))
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--fasta", default=os.path.join(here, "..", "..", "shared", "data",
+                                                 "proteomes", "yeast_s288c.fasta"),
+                 help="proteins to embed (default: ../shared/data/proteomes/yeast_s288c.fasta)")
+  p.add_argument("--sample", type=int, default=240,
+                 help="random proteins drawn from the FASTA (0: all)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--config", default="small", help="model size (random weights)")
+  p.add_argument("--dtype", default="fp32", choices=sorted(DTYPE_ALIASES))
+  p.add_argument("--token_budget", type=int, default=8192)
+  p.add_argument("--max_length", type=int, default=4000,
+                 help="proteins longer than this are dropped from the sample")
+  p.add_argument("--attention_impl", default="xla", choices=("einsum", "xla"))
+  p.add_argument("--hf_attention", default="sdpa", choices=("sdpa", "eager"))
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--threads", type=int, default=os.cpu_count(),
+                 help="torch intra-op threads (XLA's CPU pool uses every core)")
+  p.add_argument("--no_torch", action="store_true", help="protjax only")
+  p.add_argument("--peak_tflops", type=float, default=None,
+                 help="per-device peak for MFU (default: table for known GPUs)")
+  p.add_argument("--out_dir", default=os.path.join(here, "results"))
+  return p.parse_args(argv)
+
+
+def encoder_flops(config, n_tokens: int) -> float:
+  """Forward FLOPs of the encoder for one sequence of `n_tokens` (matmuls only).
+
+  Per layer and token: 2 x (q, k, v, o and wi, wo weights); attention scores
+  and values: 2 x 2 x n_tokens x heads x d_kv per token.
+  """
+  c = config
+  hd = c.num_heads * c.d_kv
+  weights = 4 * c.d_model * hd + 2 * c.d_model * c.d_ff
+  return c.num_encoder_layers * n_tokens * (2 * weights + 4 * n_tokens * hd)
+
+
+def sample_records(path: str, n: int, seed: int, max_length: int):
+  from protjax.data.readers import read_fasta
+  records = [r for r in read_fasta(path) if len(r[1]) <= max_length]
+  if n and n < len(records):
+    records = random.Random(seed).sample(records, n)
+  return records
+
+
+def make_batches(embedder, records):
+  """The embedder's own plan: list of (tokens [b, l] int32, real rows)."""
+  from protjax import embed
+  tokens = [embed.tokenize(s, embedder.vocab) for _, s in records]
+  out = []
+  for bucket, idx in embedder.batching.plan([len(t) for t in tokens]):
+    batch = embed.pad_batch([tokens[i] for i in idx], bucket,
+                            embedder.batching.batch_size(bucket))
+    out.append((batch, len(idx), embedder.batching.is_long(bucket)))
+  return out
+
+
+def peak_flops(args, devices) -> float | None:
+  if args.peak_tflops:
+    return args.peak_tflops * 1e12 * len(devices)
+  kind = getattr(devices[0], "device_kind", "")
+  if devices[0].platform == "gpu" and args.dtype != "fp32":
+    for name, tf in PEAK_TFLOPS_16BIT.items():
+      if name in kind:
+        return tf * 1e12 * len(devices)
+  return None
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  dtype = DTYPE_ALIASES[args.dtype]
+  import jax
+  import torch
+  from protjax import embed, export
+  from protjax.models import t5
+
+  devices = jax.local_devices()
+  torch.set_num_threads(args.threads)
+  records = sample_records(args.fasta, args.sample, args.seed, args.max_length)
+  residues = sum(len(s) for _, s in records)
+  config = t5.get_config(args.config, dropout_rate=0.0)
+  params = t5.T5Encoder(dataclasses_replace(config, dtype="float32")).init(
+      jax.random.PRNGKey(args.seed), np.ones((1, 8), np.int32))["params"]
+  params = jax.tree.map(np.asarray, params)
+  emb = embed.Embedder(params, config, model_name=f"random-{args.config}", dtype=dtype,
+                       token_budget=args.token_budget, max_length=args.max_length,
+                       attention_impl=args.attention_impl)
+  batches = make_batches(emb, records)
+  padded = sum(b.size for b, _, _ in batches)
+  useful_flops = sum(encoder_flops(config, len(s) + 1) for _, s in records)
+  print(f"{len(records)} proteins, {residues} residues, {len(batches)} batches, "
+        f"{len({b.shape for b, _, _ in batches})} shapes, padding "
+        f"{100 * (1 - (residues + len(records)) / padded):.1f}% of {padded} tokens; "
+        f"{devices[0].platform} x{len(devices)}, torch threads {torch.get_num_threads()}",
+        flush=True)
+
+  # --- protjax: forward + copy to host, every batch --------------------------------
+  runs = {False: emb.run_batch_fn(long=False, per_protein=False),
+          True: emb.run_batch_fn(long=True, per_protein=False)}
+
+  def protjax_pass():
+    outs = []
+    for batch, n, long in batches:
+      hidden, _ = runs[long](batch)
+      outs.append((hidden, n))
+    # Host copies last: async dispatch overlaps them with later batches.
+    return [np.asarray(h)[:n] for h, n in outs]
+
+  t0 = time.perf_counter()
+  jax_out = protjax_pass()   # compiles every shape
+  compile_s = time.perf_counter() - t0
+  for _ in emb.embed(records):   # compiles the pipeline's (per-residue + mean) programs
+    pass
+
+  # --- transformers: same weights, same batches -------------------------------------
+  hf = None
+  if not args.no_torch:
+    from transformers import T5EncoderModel
+    tdev = "cuda" if (devices[0].platform == "gpu" and torch.cuda.is_available()) else "cpu"
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+              "float16": torch.float16}[dtype]
+    tmp = tempfile.mkdtemp(prefix="embed_bench_")
+    hf_dir = export.export_hf(params, config, os.path.join(tmp, "hf"), tokenizer=False)
+    hf = T5EncoderModel.from_pretrained(hf_dir, dtype=tdtype,
+                                        attn_implementation=args.hf_attention).to(tdev).eval()
+    torch_batches = [(torch.from_numpy(b.astype(np.int64)).to(tdev), n) for b, n, _ in batches]
+
+    def torch_pass():
+      outs = []
+      with torch.inference_mode():
+        for ids, n in torch_batches:
+          h = hf(input_ids=ids, attention_mask=(ids != 0)).last_hidden_state
+          outs.append(h[:n].float().cpu().numpy())
+      return outs
+
+    torch_out = torch_pass()   # warm-up
+    # Same weights, same batches: real positions must agree.
+    diff = 0.0
+    scale = 0.0
+    for (batch, n, _), a, b in zip(batches, jax_out, torch_out):
+      mask = batch[:n] > 0
+      diff = max(diff, float(np.abs(a.astype(np.float32)[mask] - b[mask]).max()))
+      scale = max(scale, float(np.abs(b[mask]).max()))
+    print(f"max |protjax - transformers| over real positions: {diff:.2e} "
+          f"(max |value| {scale:.2f})", flush=True)
+
+  # --- timed repeats, interleaved ----------------------------------------------------
+  times = {"protjax": [], "transformers": [], "protjax_pipeline": []}
+  for r in range(args.repeats):
+    t0 = time.perf_counter()
+    protjax_pass()
+    times["protjax"].append(time.perf_counter() - t0)
+    if hf is not None:
+      t0 = time.perf_counter()
+      torch_pass()
+      times["transformers"].append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in emb.embed(records, per_residue=True, per_protein=True):
+      pass
+    times["protjax_pipeline"].append(time.perf_counter() - t0)
+    print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
+        f"{k} {v[-1]:.2f} s" for k, v in times.items() if v), flush=True)
+
+  peak = peak_flops(args, devices)
+  rows = {}
+  for name, ts in times.items():
+    if not ts:
+      continue
+    med = statistics.median(ts)
+    rate = residues / med
+    rows[name] = {
+        "seconds_median": med, "seconds": ts, "residues_per_s": rate,
+        "proteins_per_s": len(records) / med,
+        "tflops_per_s": useful_flops / med / 1e12,
+        "mfu": (useful_flops / med / peak) if peak else None,
+        "human_proteome_hours": HUMAN_PROTEOME_RESIDUES / rate / 3600,
+    }
+  ratio = (rows["protjax"]["residues_per_s"] / rows["transformers"]["residues_per_s"]
+           if "transformers" in rows else None)
+
+  print()
+  print(f"| {'implementation':<18} | {'median s':>8} | {'residues/s':>10} | "
+        f"{'TFLOP/s':>7} | {'MFU':>6} | {'human proteome':>14} |")
+  print(f"|{'-' * 20}|{'-' * 10}|{'-' * 12}|{'-' * 9}|{'-' * 8}|{'-' * 16}|")
+  for name, row in rows.items():
+    mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"
+    print(f"| {name:<18} | {row['seconds_median']:8.2f} | {row['residues_per_s']:10.0f} | "
+          f"{row['tflops_per_s']:7.3f} | {mfu:>6} | {row['human_proteome_hours']:12.2f} h |")
+  if ratio is not None:
+    print(f"\nprotjax / transformers: {ratio:.2f}x (forward + host copy, identical batches, "
+          f"{dtype}, medians of {args.repeats})")
+
+  load = os.getloadavg() if hasattr(os, "getloadavg") else None
+  result = {
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "config": args.config, "dtype": dtype, "attention_impl": args.attention_impl,
+      "hf_attention": args.hf_attention, "token_budget": args.token_budget,
+      "fasta": os.path.abspath(args.fasta), "sample": len(records), "seed": args.seed,
+      "residues": residues, "batches": len(batches),
+      "shapes": sorted({b.shape for b, _, _ in batches}),
+      "padded_tokens": padded, "useful_flops": useful_flops,
+      "compile_and_first_pass_s": compile_s,
+      "device": f"{devices[0].platform} {getattr(devices[0], 'device_kind', '')} "
+                f"x{len(devices)}",
+      "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+      "torch_threads": torch.get_num_threads(), "loadavg_end": load,
+      "versions": {"jax": jax.__version__, "torch": torch.__version__,
+                   "transformers": __import__("transformers").__version__},
+      "results": rows, "protjax_over_transformers": ratio,
+  }
+  os.makedirs(args.out_dir, exist_ok=True)
+  name = f"embed_throughput_{args.config}_{dtype}_{devices[0].platform}.json"
+  with open(os.path.join(args.out_dir, name), "w") as f:
+    json.dump(result, f, indent=2, default=str)
+  print(f"wrote {os.path.join(args.out_dir, name)}")
+  return 0
+
+
+def dataclasses_replace(config, **kw):
+  import dataclasses
+  return dataclasses.replace(config, **kw)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
