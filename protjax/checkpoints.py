@@ -60,7 +60,7 @@ class Checkpointer:
     self.config = config
     self.directory = checkpoint_dir(model_dir).absolute()
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=config.save_every,
+        save_interval_steps=0 if read_only else config.save_every,
         max_to_keep=config.keep,
         keep_period=config.keep_period,
         enable_async_checkpointing=config.async_save,
@@ -109,6 +109,15 @@ class Checkpointer:
             opt_state=ocp.args.StandardRestore(abstract_opt_state),
             meta=ocp.args.JsonRestore()))
     return restored["params"], restored["opt_state"], dict(restored["meta"])
+
+  def read_meta(self, step: Optional[int] = None) -> dict:
+    """The JSON metadata of a checkpoint (step, data seed, RNG, data offset)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored["meta"])
 
   def wait(self) -> None:
     """Blocks until any background save has been committed."""

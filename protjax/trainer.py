@@ -43,6 +43,8 @@ import optax
 from protjax import checkpoints as checkpoints_lib
 from protjax import optim
 from protjax import partitioning as partitioning_lib
+from protjax.errors import InputError
+from protjax.models import registry
 
 Batch = Mapping[str, Any]
 Metrics = dict[str, Any]
@@ -70,6 +72,39 @@ class Model(Protocol):
 
 
 DataSource = Callable[[int, int, int], Iterator[dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSource:
+  """A DataSource over `protjax.data.pipeline.DataConfig` (gin-bound).
+
+  `data.batch_size` is the GLOBAL batch; each of `num_shards` hosts reads
+  `batch_size / num_shards` rows from its own shard of the corpus (seqio
+  ShardInfo). The batch for step s depends only on (data.seed, s, shard).
+
+  Attributes:
+    data: a DataConfig (task, length, batch size, seed, packing, files).
+    split: "train" or "validation".
+  """
+  data: Any
+  split: str = "train"
+
+  @property
+  def seed(self) -> int:
+    return self.data.seed
+
+  def __call__(self, start_step: int, shard_index: int, num_shards: int
+               ) -> Iterator[dict]:
+    if self.data.batch_size % num_shards:
+      raise InputError(f"batch_size {self.data.batch_size} is not divisible "
+                       f"by the {num_shards} hosts")
+    shard_info = None
+    if num_shards > 1:
+      import seqio  # pylint: disable=import-outside-toplevel
+      shard_info = seqio.ShardInfo(index=shard_index, num_shards=num_shards)
+    return iter(self.data.get_dataset(
+        self.split, start_step=start_step, shard_info=shard_info,
+        batch_size=self.data.batch_size // num_shards))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -480,6 +515,7 @@ def train(*,
           log_every: int = 10,
           seed: int = 0,
           peak_flops: Optional[float] = None,
+          init_from: Optional[str] = None,
           config_str: Optional[str] = None,
           hooks: Sequence[Callable[[int], None]] = ()) -> TrainResult:
   """Trains `model` to `train_steps`, resuming from `model_dir` if possible.
@@ -502,6 +538,10 @@ def train(*,
     seed: parameter-init and dropout seed.
     peak_flops: peak FLOP/s per device for MFU; default from the device kind
       (None on CPU: MFU not reported).
+    init_from: a model_dir whose latest checkpoint (params, optimiser state,
+      step: the schedule continues) starts this run when `model_dir` has none
+      (ProtT5's second stage: UniRef50 from the BFD checkpoint). The data
+      source starts at its batch 0 at that step.
     config_str: text written to model_dir/config.gin (the entry point passes
       gin's resolved config).
     hooks: called with the step number after each step (tests, profiling).
@@ -517,33 +557,50 @@ def train(*,
       _write_atomic(model_dir_path / "model_config.json", json.dumps(
           dataclasses.asdict(model.config), indent=2, sort_keys=True) + "\n")
 
-  # Shapes come from the first batch of the data source itself.
+  ckpt = checkpoints_lib.Checkpointer(model_dir, checkpoint)
+  # Where the state comes from: this run's latest checkpoint, else (stage 2
+  # of a two-stage pretraining) another run's, else a fresh init.
+  source, source_step, start_step, data_offset = None, None, 0, 0
+  if ckpt.latest_step() is not None:
+    source, source_step = ckpt, ckpt.latest_step()
+    meta = ckpt.read_meta(source_step)
+    start_step, data_offset = meta["step"], meta.get("data_offset", 0)
+  elif init_from:
+    source = checkpoints_lib.Checkpointer(init_from, read_only=True)
+    source_step = source.latest_step()
+    if source_step is None:
+      raise InputError("no complete checkpoint to initialise from",
+                       path=str(source.directory))
+    # The new corpus starts at its own batch 0 at the inherited step.
+    start_step = data_offset = source.read_meta(source_step)["step"]
+  # The data restarts exactly where the checkpoint left off; the first batch
+  # also tells the shapes to build everything for.
   shard, num_shards = jax.process_index(), jax.process_count()
-  probe = next(iter(train_data(0, shard, num_shards)))
+  data_iter = iter(train_data(start_step - data_offset, shard, num_shards))
+  first_batch = next(data_iter)
   batch_shapes = {k: (v.shape[0] * num_shards,) + tuple(v.shape[1:])
-                  for k, v in probe.items()}
+                  for k, v in first_batch.items()}
   global_batch = next(iter(batch_shapes.values()))[0]
   if global_batch % (partitioner.data_size * num_microbatches):
-    raise ValueError(f"global batch {global_batch} is not divisible by data "
+    raise InputError(f"global batch {global_batch} is not divisible by data "
                      f"parallelism {partitioner.data_size} x "
                      f"{num_microbatches} micro-batches")
-  del probe
 
   setup = setup_training(model, optimizer, partitioner, batch_shapes,
                          num_microbatches=num_microbatches, dropout=dropout,
                          seed=seed)
-  ckpt = checkpoints_lib.Checkpointer(model_dir, checkpoint)
-  latest = ckpt.latest_step()
-  if latest is None:
+  if source is None:
     state = setup.init_state()
   else:
-    state, meta = restore_state(ckpt, setup, latest)
+    state, meta = restore_state(source, setup, source_step)
     data_seed = getattr(train_data, "seed", None)
-    if meta.get("data_seed") != data_seed:
+    if source is ckpt and meta.get("data_seed") != data_seed:
       logging.warning("checkpoint data seed %s != configured %s: the resumed "
                       "run sees different data", meta.get("data_seed"),
                       data_seed)
-    logging.info("resumed from %s at step %d", ckpt.directory, latest)
+    logging.info("restored step %d from %s", source_step, source.directory)
+    if source is not ckpt:
+      source.close()
   start_step = int(jax.device_get(state.step))
   batch_sharding = setup.batch_sharding
   p_train_step, p_eval_step = setup.train_step, setup.eval_step
@@ -553,6 +610,7 @@ def train(*,
   peak = peak_flops if peak_flops is not None else peak_flops_per_device()
   writer = SummaryWriter(model_dir_path / "tensorboard") if is_chief else None
   meta_base = {"data_seed": getattr(train_data, "seed", None),
+               "data_offset": data_offset,
                "rng": [int(x) for x in np.asarray(jax.device_get(state.rng))]}
 
   def check_finite(step, metrics):
@@ -585,7 +643,6 @@ def train(*,
   pending = None  # (step, device metrics) of the step dispatched last
   stopped = None
   step = start_step
-  data_iter = iter(train_data(start_step, shard, num_shards))
   interval_start = time.perf_counter()
   interval_steps = 0
 
@@ -597,64 +654,75 @@ def train(*,
     averager.add(host)
     return host
 
+  def report(step):
+    nonlocal averager, interval_start, interval_steps
+    elapsed = time.perf_counter() - interval_start
+    m = averager.mean()
+    m["step_time"] = elapsed / max(interval_steps, 1)
+    m["examples_per_s"] = global_batch * interval_steps / elapsed
+    m["tokens_per_s"] = m["examples_per_s"] * tokens_per_example
+    if peak:
+      m["mfu"] = (m["examples_per_s"] * flops_per_example
+                  / (peak * jax.device_count()))
+    if is_chief:
+      print(format_progress(step, train_steps, m), flush=True)
+      writer.scalars(step, {f"train/{k}": v for k, v in m.items()})
+    averager = _MetricAverager()
+    interval_start, interval_steps = time.perf_counter(), 0
+
+  def evaluate(step):
+    em = run_eval(state.params)
+    eval_history[step] = em
+    if is_chief:
+      print(f"eval step {step}: loss {em.get('loss', math.nan):.4f}  "
+            f"masked_acc {em.get('masked_residue_accuracy', math.nan):.3f}",
+            flush=True)
+      writer.scalars(step, {f"eval/{k}": v for k, v in em.items()})
+
+  last_saved = start_step if source is ckpt else None
   with checkpoints_lib.PreemptionGuard() as guard:
     try:
       while step < train_steps:
-        batch = _to_global(next(data_iter), batch_sharding)
-        state, metrics = p_train_step(state, batch)
-        # Read the previous step's metrics while this one runs.
-        if pending is not None:
+        local = first_batch if first_batch is not None else next(data_iter)
+        first_batch = None
+        state, metrics = p_train_step(state, _to_global(local, batch_sharding))
+        if pending is not None:  # read step s-1's metrics while s runs
           collect(pending)
         pending = (step, metrics)
         step += 1
         interval_steps += 1
-
         last = step == train_steps
-        poll = jax.process_count() == 1 or step % log_every == 0 or last
-        stop = poll and guard.stop_requested(step)
-        if step % log_every == 0 or last or stop:
+        if step % log_every == 0 or last:
           collect(pending)
           pending = None
-          elapsed = time.perf_counter() - interval_start
-          m = averager.mean()
-          m["step_time"] = elapsed / interval_steps
-          m["examples_per_s"] = global_batch * interval_steps / elapsed
-          m["tokens_per_s"] = m["examples_per_s"] * tokens_per_example
-          if peak:
-            m["mfu"] = (m["examples_per_s"] * flops_per_example
-                        / (peak * jax.device_count()))
-          if is_chief:
-            print(format_progress(step, train_steps, m), flush=True)
-            writer.scalars(step, {f"train/{k}": v for k, v in m.items()})
-          averager = _MetricAverager()
-          interval_start, interval_steps = time.perf_counter(), 0
-
-        if stop or last or ckpt.manager.should_save(step):
+          report(step)
+        if last or ckpt.manager.should_save(step):
           if pending is not None:  # never checkpoint a non-finite update
             collect(pending)
             pending = None
           ckpt.save(step, state.params, state.opt_state, meta_base,
-                    force=stop or last)
+                    force=True)
+          last_saved = step
         if eval_data is not None and eval_every and (
             step % eval_every == 0 or last):
-          em = run_eval(state.params)
-          eval_history[step] = em
-          if is_chief:
-            print(f"eval step {step}: loss {em.get('loss', float('nan')):.4f}"
-                  f"  masked_acc "
-                  f"{em.get('masked_residue_accuracy', float('nan')):.3f}",
-                  flush=True)
-            writer.scalars(step, {f"eval/{k}": v for k, v in em.items()})
+          evaluate(step)
+          interval_start = time.perf_counter()  # eval is not step time
         for hook in hooks:
           hook(step)
-        if stop:
+        # Multi-host polling is a collective: only at log steps.
+        poll = jax.process_count() == 1 or step % log_every == 0
+        if not last and poll and guard.stop_requested(step):
+          if pending is not None:
+            collect(pending)
+            pending = None
+          if last_saved != step:
+            ckpt.save(step, state.params, state.opt_state, meta_base,
+                      force=True)
           stopped = "preempted"
           if is_chief:
             print(f"stopping at step {step} (SIGTERM); checkpoint saved",
                   flush=True)
           break
-        interval_start = (interval_start if interval_steps
-                          else time.perf_counter())
       if pending is not None:
         collect(pending)
     finally:
@@ -666,4 +734,4 @@ def train(*,
                      start_step=start_step)
 
 
-GIN_CONFIGURABLES = (train,)
+GIN_CONFIGURABLES = (train, PipelineSource, registry.get_model)

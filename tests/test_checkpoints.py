@@ -1,0 +1,142 @@
+"""Checkpoints: keep policy, resharding restore, SIGTERM, non-finite stop, restore_params."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from protjax import checkpoints, optim, partitioning, trainer
+
+import trainer_toy
+
+
+def _train(model_dir, steps, mp=1, save_every=5, data=None, **kwargs):
+  return trainer.train(
+      model_dir=str(model_dir), model=trainer_toy.ToyModel(),
+      optimizer=optim.adafactor(optim.constant_schedule(0.05),
+                                min_dim_size_to_factor=8),
+      train_data=data or trainer_toy.ToyData(), train_steps=steps,
+      partitioner=partitioning.make_partitioner(mp, "tp"),
+      checkpoint=checkpoints.CheckpointConfig(save_every=save_every, keep=3),
+      log_every=5, **kwargs)
+
+
+def test_restore_on_another_mesh_continues_with_same_loss(tmp_path):
+  """Written 4-way model parallel, resumed 2-way: same losses as staying 4-way."""
+  ref = _train(tmp_path / "ref", 7, mp=4)
+  _train(tmp_path / "run", 5, mp=4)
+  meta = checkpoints.Checkpointer(tmp_path / "run").read_meta()
+  assert meta["step"] == 5 and meta["data_offset"] == 0
+  resumed = _train(tmp_path / "run", 7, mp=2)
+  assert resumed.start_step == 5
+  for step in (5, 6):
+    np.testing.assert_allclose(resumed.history[step]["loss"],
+                               ref.history[step]["loss"], rtol=1e-5)
+  wi = resumed.state.params["wi"]
+  assert wi.sharding.spec == jax.sharding.PartitionSpec(None, "model")
+  assert partitioning.split_fraction(wi.sharding, wi.shape, "model") == 2
+  np.testing.assert_allclose(np.asarray(wi), np.asarray(ref.state.params["wi"]),
+                             rtol=1e-4, atol=1e-6)
+  # The export helper's view: host numpy arrays, no mesh needed.
+  params = checkpoints.restore_params(tmp_path / "run")
+  assert isinstance(params["wi"], np.ndarray)
+  np.testing.assert_array_equal(params["wi"], np.asarray(wi))
+  five = checkpoints.restore_params(tmp_path / "run", step=5)
+  assert not np.array_equal(five["wi"], params["wi"])
+
+
+def test_keep_last_k_plus_every_mth(tmp_path):
+  config = checkpoints.CheckpointConfig(save_every=1, keep=2, keep_period=4,
+                                        async_save=True)
+  ckpt = checkpoints.Checkpointer(tmp_path, config)
+  tree = {"w": np.arange(4.0)}
+  for step in range(1, 10):
+    ckpt.save(step, tree, {"count": np.int32(step)}, {"rng": [0, 0]})
+  ckpt.wait()
+  assert sorted(ckpt.all_steps()) == [4, 8, 9]
+  assert ckpt.latest_step() == 9
+  ckpt.close()
+
+
+def test_interrupted_save_never_becomes_latest(tmp_path):
+  ckpt = checkpoints.Checkpointer(tmp_path, checkpoints.CheckpointConfig(
+      save_every=1, async_save=False))
+  ckpt.save(10, {"w": np.ones(3)}, {"c": np.zeros(())}, {"rng": [0, 0]})
+  ckpt.close()
+  # What a save killed half-way leaves: orbax's temporary directory, and a
+  # step directory without its commit (no metadata written yet).
+  partial = checkpoints.checkpoint_dir(tmp_path) / (
+      "20.orbax-checkpoint-tmp-1700000000")
+  (partial / "params").mkdir(parents=True)
+  (partial / "params" / "junk").write_bytes(b"\0" * 10)
+  reopened = checkpoints.Checkpointer(tmp_path)
+  assert reopened.latest_step() == 10
+  reopened.close()
+  np.testing.assert_array_equal(checkpoints.restore_params(tmp_path)["w"],
+                                np.ones(3))
+
+
+def test_sigterm_saves_at_the_step_reached(tmp_path):
+  def preempt(step):
+    if step == 7:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  previous = signal.getsignal(signal.SIGTERM)
+  result = _train(tmp_path, 20, save_every=5, hooks=[preempt])
+  assert signal.getsignal(signal.SIGTERM) == previous  # handler restored
+  assert result.stopped == "preempted"
+  assert result.step == 7  # the signal arrived during step 7
+  ckpt = checkpoints.Checkpointer(tmp_path)
+  assert ckpt.latest_step() == 7
+  ckpt.close()
+  params = checkpoints.restore_params(tmp_path)
+  np.testing.assert_array_equal(params["wo"],
+                                np.asarray(result.state.params["wo"]))
+  # ... and a restart resumes from it.
+  resumed = _train(tmp_path, 10, save_every=5)
+  assert resumed.start_step == 7 and resumed.step == 10
+
+
+class PoisonedData(trainer_toy.ToyData):
+  """All loss weights zero at step 7: the toy loss is 0/0 = NaN there."""
+
+  def batch(self, step):
+    b = super().batch(step)
+    if step == 7:
+      b["encoder_loss_weights"] = np.zeros_like(b["encoder_loss_weights"])
+    return b
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  with pytest.raises(trainer.NonFiniteLossError,
+                     match=r"non-finite loss.* at step 7.*checkpoint is step 5"):
+    _train(tmp_path, 20, save_every=5, data=PoisonedData())
+  ckpt = checkpoints.Checkpointer(tmp_path)
+  assert ckpt.latest_step() == 5
+  ckpt.close()
+  params = checkpoints.restore_params(tmp_path)
+  assert all(np.isfinite(v).all() for v in jax.tree.leaves(params))
+
+
+def test_model_dir_files(tmp_path):
+  import dataclasses
+
+  @dataclasses.dataclass(frozen=True)
+  class Cfg:
+    d_model: int = 16
+
+  model = trainer_toy.ToyModel()
+  model.config = Cfg()
+  trainer.train(model_dir=str(tmp_path), model=model,
+                optimizer=optim.adamw(optim.constant_schedule(1e-3)),
+                train_data=trainer_toy.ToyData(), train_steps=2,
+                checkpoint=checkpoints.CheckpointConfig(save_every=100),
+                config_str="train.train_steps = 2\n")
+  assert (tmp_path / "config.gin").read_text() == "train.train_steps = 2\n"
+  assert json.loads((tmp_path / "model_config.json").read_text()) == {
+      "d_model": 16}
+  assert checkpoints.Checkpointer(tmp_path).latest_step() == 2  # final save

@@ -1,0 +1,97 @@
+"""Two local processes x 4 CPU devices train like one process with 8 devices."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from protjax import checkpoints, optim, partitioning, trainer
+
+import trainer_toy
+
+TESTS = pathlib.Path(__file__).parent
+REPO = TESTS.parent
+STEPS = 4
+
+_WORKER = textwrap.dedent("""
+    import json, sys
+    sys.path[:0] = [{tests!r}, {repo!r}]
+    from protjax import checkpoints, optim, partitioning, trainer
+    import trainer_toy
+
+    port, process_id, model_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    assert trainer.initialize_distributed(f"127.0.0.1:{{port}}", 2, process_id)
+    import jax
+    assert jax.process_count() == 2 and jax.local_device_count() == 4
+    result = trainer.train(
+        model_dir=model_dir, model=trainer_toy.ToyModel(),
+        optimizer=optim.adafactor(optim.constant_schedule(0.05),
+                                  min_dim_size_to_factor=8),
+        train_data=trainer_toy.ToyData(), train_steps={steps},
+        partitioner=partitioning.make_partitioner(2, "tp"),
+        checkpoint=checkpoints.CheckpointConfig(save_every=2), log_every=2)
+    losses = {{s: m["loss"] for s, m in result.history.items()}}
+    print("LOSSES " + json.dumps(losses), flush=True)
+""")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+  script = tmp_path / "worker.py"
+  script.write_text(_WORKER.format(tests=str(TESTS), repo=str(REPO),
+                                   steps=STEPS))
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  port = _free_port()
+  model_dir = tmp_path / "run"
+  procs = [subprocess.Popen(
+      [sys.executable, str(script), str(port), str(i), str(model_dir)],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=400)
+      assert p.returncode == 0, err[-3000:]
+      outputs.append(out)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  losses = []
+  for out in outputs:
+    line = [l for l in out.splitlines() if l.startswith("LOSSES ")][0]
+    losses.append({int(k): v for k, v in json.loads(line[7:]).items()})
+  assert losses[0] == losses[1]
+  # Only process 0 writes logs and the console report.
+  assert "step 4/4" in outputs[0] and "step 4/4" not in outputs[1]
+  assert len(list((model_dir / "tensorboard").iterdir())) == 1
+
+  # One process, 8 devices, the same (data=4, model=2) mesh and global batch.
+  single = trainer.train(
+      model_dir=str(tmp_path / "single"), model=trainer_toy.ToyModel(),
+      optimizer=optim.adafactor(optim.constant_schedule(0.05),
+                                min_dim_size_to_factor=8),
+      train_data=trainer_toy.ToyData(), train_steps=STEPS,
+      partitioner=partitioning.make_partitioner(2, "tp"),
+      checkpoint=checkpoints.CheckpointConfig(save_every=2), log_every=2)
+  assert sorted(losses[0]) == list(range(STEPS))
+  for step in range(STEPS):
+    np.testing.assert_allclose(losses[0][step], single.history[step]["loss"],
+                               rtol=1e-5)
+  # The checkpoint both processes wrote together restores in one process.
+  params = checkpoints.restore_params(model_dir)
+  np.testing.assert_allclose(params["wi"],
+                             np.asarray(single.state.params["wi"]), rtol=1e-5,
+                             atol=1e-6)

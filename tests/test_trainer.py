@@ -1,0 +1,147 @@
+"""The shared training loop: learning, logs, kill-and-resume, entry point, demo."""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from protjax import checkpoints, optim, partitioning, train as train_cli, trainer
+from protjax.errors import InputError
+
+import trainer_toy
+
+TESTS = pathlib.Path(__file__).parent
+REPO = TESTS.parent
+
+
+def _read_scalars(logdir: pathlib.Path) -> dict[str, dict[int, float]]:
+  """Scalars from TensorBoard event files, parsed without TensorFlow."""
+  from tensorboard.compat.proto import event_pb2
+  out: dict[str, dict[int, float]] = {}
+  for path in sorted(logdir.glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for value in event.summary.value:
+        out.setdefault(value.tag, {})[event.step] = value.simple_value
+  return out
+
+
+def _toy_train(model_dir, steps, **kwargs):
+  kwargs.setdefault("partitioner", partitioning.make_partitioner(2, "tp"))
+  kwargs.setdefault("checkpoint", checkpoints.CheckpointConfig(save_every=10))
+  return trainer.train(
+      model_dir=str(model_dir), model=trainer_toy.ToyModel(),
+      optimizer=optim.adafactor(optim.inverse_sqrt_schedule(0.05, 10),
+                                min_dim_size_to_factor=8),
+      train_data=trainer_toy.ToyData(), train_steps=steps, **kwargs)
+
+
+def test_loss_falls_and_logs_are_written(tmp_path, capsys):
+  result = _toy_train(tmp_path, 30, log_every=10, num_microbatches=2,
+                      eval_data=trainer_toy.ToyData(seed=7), eval_every=15,
+                      eval_steps=2, peak_flops=1e9)
+  losses = [result.history[s]["loss"] for s in sorted(result.history)]
+  assert len(losses) == 30
+  assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
+  lines = [l for l in capsys.readouterr().out.splitlines()
+           if l.startswith("step ")]
+  assert len(lines) == 3 and lines[-1].startswith("step 30/30  loss ")
+  for field in ("masked_acc", "lr", "grad_norm", "ex/s", "tok/s", "ms/step",
+                "MFU"):
+    assert field in lines[-1]
+  assert "MFU n/a" not in lines[-1]  # peak given: MFU is computed
+  scalars = _read_scalars(tmp_path / "tensorboard")
+  assert sorted(scalars["train/loss"]) == [10, 20, 30]
+  np.testing.assert_allclose(
+      scalars["train/loss"][30],
+      np.mean([result.history[s]["loss"] for s in range(20, 30)]), rtol=1e-5)
+  np.testing.assert_allclose(scalars["train/learning_rate"][30],
+                             0.05 * np.sqrt(10 / 29), rtol=1e-5)
+  for tag in ("train/grad_norm", "train/examples_per_s", "train/tokens_per_s",
+              "train/step_time", "train/mfu", "train/masked_residue_accuracy",
+              "eval/loss"):
+    assert tag in scalars, tag
+  assert sorted(result.eval_history) == [15, 30]
+  assert result.eval_history[30]["loss"] < result.eval_history[15]["loss"]
+
+
+_KILLED_RUN = textwrap.dedent("""
+    import os, pathlib, signal, sys, time
+    sys.path[:0] = [{tests!r}, {repo!r}]
+    from protjax import checkpoints, optim, partitioning, trainer
+    import trainer_toy
+
+    model_dir = pathlib.Path(sys.argv[1])
+
+    def kill_after_checkpoint(step):
+      if step == 6:  # checkpoint 4 is being written in the background
+        deadline = time.time() + 60
+        while not (model_dir / "checkpoints" / "4").is_dir():
+          assert time.time() < deadline
+          time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer.train(
+        model_dir=str(model_dir), model=trainer_toy.ToyModel(),
+        optimizer=optim.adafactor(optim.inverse_sqrt_schedule(0.05, 10),
+                                  min_dim_size_to_factor=8),
+        train_data=trainer_toy.ToyData(), train_steps=10,
+        partitioner=partitioning.make_partitioner(2, "tp"),
+        checkpoint=checkpoints.CheckpointConfig(save_every=4),
+        hooks=[kill_after_checkpoint])
+""")
+
+
+def test_kill_and_resume_is_bitwise_identical(tmp_path):
+  script = tmp_path / "killed_run.py"
+  script.write_text(_KILLED_RUN.format(tests=str(TESTS), repo=str(REPO)))
+  model_dir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, str(script), str(model_dir)],
+                        env=dict(os.environ), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  assert checkpoints.Checkpointer(model_dir).latest_step() == 4
+  resumed = _toy_train(model_dir, 10, checkpoint=checkpoints.CheckpointConfig(
+      save_every=4))
+  assert resumed.start_step == 4
+  straight = _toy_train(tmp_path / "straight", 10,
+                        checkpoint=checkpoints.CheckpointConfig(save_every=4))
+  for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(
+      straight.state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for step in range(4, 10):
+    assert resumed.history[step]["loss"] == straight.history[step]["loss"]
+
+
+def test_flags():
+  args = train_cli.parse_flags([
+      "--gin_file=a.gin", "--gin_file", "b.gin", "--gin.train.train_steps=5",
+      "--gin.DataConfig.task_name", "'x_t5'", "--process_id=1"])
+  assert args.gin_file == ["a.gin", "b.gin"]
+  assert args.gin_bindings == ["train.train_steps=5",
+                               "DataConfig.task_name='x_t5'"]
+  assert args.process_id == 1
+  with pytest.raises(InputError, match="--gin_file"):
+    train_cli.parse_flags(["--gin.train.train_steps=5"])
+
+
+def test_entry_point_reports_bad_gin_in_one_line(tmp_path, capsys):
+  bad = tmp_path / "bad.gin"
+  bad.write_text("train.no_such_argument = 3\n")
+  with pytest.raises(SystemExit) as exit_info:
+    train_cli.main([f"--gin_file={bad}"])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: gin configuration")
