@@ -433,3 +433,16 @@ def test_cli_refuses_output_of_another_model(model_dir, fasta, tmp_path, capsys)
 def test_cli_needs_an_output(model_dir, fasta, capsys):
   code, _, err = run_cli(["--model", model_dir, "--fasta", fasta], capsys)
   assert code == 2 and "--per_residue" in err
+
+
+def test_model_parallel_matches_data_parallel(tiny):
+  """Weights split over a `model` axis of 2 (4 data replicas): same numbers."""
+  params, config = tiny
+  seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "ACDEFGHIKLMNPQRSTVWY" * 2, "W"]
+  mp = embed.Embedder(params, config, model_parallel=2)
+  assert (mp.partitioner.data_size, mp.partitioner.model_size) == (4, 2)
+  assert mp.batching.num_shards == 4
+  wi = mp.params["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]
+  assert wi.sharding.shard_shape(wi.shape) == (32, 32)      # d_ff 64 split in two
+  for seq, got in zip(seqs, mp.embed_sequences(seqs)):
+    np.testing.assert_allclose(got, encode_alone(params, config, seq), atol=2e-5, rtol=1e-5)
