@@ -487,11 +487,13 @@ def embed_fasta(model: "str | os.PathLike | Embedder", fasta: str | os.PathLike,
   if per_residue is None and per_protein is None:
     raise InputError("give at least one of --per_residue / --per_protein")
   fasta = os.fspath(fasta)
+  # Read and check every record before loading the model or creating output.
+  max_length = (model.max_length if isinstance(model, Embedder)
+                else embedder_kwargs.get("max_length", DEFAULT_MAX_LENGTH))
+  records = validate_records(read_fasta(fasta, max_length=max_length),
+                             max_length=max_length, path=fasta)
   embedder = model if isinstance(model, Embedder) else Embedder.from_directory(
       model, **embedder_kwargs)
-  # Read and check everything before any output exists.
-  records = validate_records(read_fasta(fasta, max_length=embedder.max_length),
-                             max_length=embedder.max_length, path=fasta)
   outputs = [(kind, os.fspath(p)) for kind, p in
              (("per_residue", per_residue), ("per_protein", per_protein)) if p is not None]
   writers = [EmbeddingWriter(p, model=embedder.model_name, dim=embedder.dim,
