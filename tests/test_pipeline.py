@@ -197,6 +197,12 @@ def test_bad_input_errors(tmp_path):
   with pytest.raises(InputError) as e:
     _batches(10, source_files=[str(bad)], validation_fraction=0.0)
   assert e.value.record == "broken" and e.value.position == 3
+  # An empty split ends with an error instead of spinning forever on repeat.
+  with pytest.raises(InputError, match="not a single complete batch"):
+    _batches(1, source_files=_corpus(tmp_path, name="v"), split="validation",
+             validation_fraction=0.0)
+  with pytest.raises(InputError, match="not a single complete batch"):
+    _batches(1, source_files=_corpus(tmp_path, n_records=3), batch_size=8, repeat=False)
   with pytest.raises(InputError, match="unknown task"):
     next(pipeline.get_dataset("nope_t5", split="train", sequence_length=64, batch_size=2,
                               seed=0))

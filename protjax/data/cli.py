@@ -52,10 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       args.task, split=args.split, sequence_length=args.length, batch_size=args.num,
       seed=args.seed, start_step=args.step, pack=args.pack, repeat=args.split == "train",
       length_policy=args.length_policy, source_files=args.source)
-  batch = next(iter(batches), None)
-  if batch is None:
-    raise InputError(f"split {args.split!r} of task {args.task!r} has fewer than "
-                     f"{args.num} examples")
+  batch = next(batches)
   inputs = batch["encoder_input_tokens"]
   targets = batch.get("decoder_target_tokens", batch.get("encoder_target_tokens"))
   residues = np.isin(targets, vocab.residue_ids)

@@ -165,8 +165,6 @@ class FastaSource(seqio.DataSource):
     file_ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
       file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    if num_epochs != 1:
-      file_ds = file_ds.repeat(num_epochs)
     signature = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string))
     fraction, check = float(self.validation_fraction), bool(self.check_duplicates)
 
@@ -177,6 +175,10 @@ class FastaSource(seqio.DataSource):
 
     ds = file_ds.interleave(read, cycle_length=max(1, min(self.cycle_length, len(files))),
                             block_length=1)
+    if num_epochs != 1:
+      # Repeat whole epochs (not the file list): tf.data stops repeating an
+      # epoch that yields nothing instead of spinning forever on an empty split.
+      ds = ds.repeat(num_epochs)
     if shuffle:
       ds = ds.shuffle(shuffle_buffer_size, seed=seed + 1, reshuffle_each_iteration=True)
     return ds.map(lambda i, s: {"id": i, "sequence": s})
@@ -331,18 +333,23 @@ def build_dataset(task_name: str, *, split: str, sequence_length, batch_size: in
   return ds.with_options(options).prefetch(autotune)
 
 
-def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+def _numpy_batches(ds: tf.data.Dataset, what: str) -> Iterator[dict[str, np.ndarray]]:
   _PENDING_ERROR.clear()
   it = ds.as_numpy_iterator()
+  count = 0
   while True:
     try:
       batch = next(it)
     except StopIteration:
+      if count == 0:
+        raise InputError(f"{what} gives not a single complete batch (too few records, or "
+                         "none in this split/shard)") from None
       return
     except tf.errors.OpError as e:
       if _PENDING_ERROR:
         raise _PENDING_ERROR[0] from None
       raise InputError(f"input pipeline failed: {e.message.splitlines()[0]}") from e
+    count += 1
     yield batch
 
 
@@ -377,7 +384,9 @@ def get_dataset(task_name: str, *, split: str,
                      batch_size=batch_size, seed=seed, start_step=start_step,
                      shard_info=shard_info, feature_converter=feature_converter,
                      pack=pack, repeat=repeat, **kwargs)
-  return _numpy_batches(ds)
+  what = f"task {task_name!r} split {split!r}" + (
+      f" shard {shard_info.index}/{shard_info.num_shards}" if shard_info else "")
+  return _numpy_batches(ds, f"{what} with batch_size {batch_size}")
 
 
 @dataclasses.dataclass(frozen=True)
