@@ -12,7 +12,10 @@ shuffle buffer to fill). For each configuration it counts batches for about
 - examples/s: examples of `--length` tokens (padded or packed rows);
 - residues/s: real residue tokens per second (padding, `</s>`, [CLS]/[SEP]
   excluded), which is what packing improves;
-- masked fraction of residues (a sanity check: ~0.15 for t5/bert).
+- masked fraction of residues (a sanity check: ~0.15 for t5/bert; for bert
+  the selected positions, incl. the 10% kept and 10% random ones).
+Packing ("pack True") fills rows with several proteins: fewer rows per
+second (seqio's packer works one protein at a time) but more residues per row.
 
 The machine is shared: the one-minute load average before and after is
 printed and saved with the figures, with the CPU count.
@@ -71,8 +74,10 @@ def measure(task: str, files: list[str], *, length: int, batch_size: int, second
     tgt = b.get("decoder_target_tokens", b.get("encoder_target_tokens"))
     res = (tgt >= lo) & (tgt <= hi)
     residues += int(res.sum())
-    masked += int((res & (b["encoder_input_tokens"] != tgt)
-                   | res & (b["encoder_input_tokens"] == vocab.mask_id)).sum())
+    if "encoder_loss_weights" in b:  # BERT-style: selected positions (incl. kept/random)
+      masked += int((res & (b["encoder_loss_weights"] > 0)).sum())
+    else:  # ProtT5: positions holding <extra_id_0>
+      masked += int((res & (b["encoder_input_tokens"] == vocab.mask_id)).sum())
     batches += 1
   elapsed = time.perf_counter() - start
   return {
