@@ -220,7 +220,9 @@ def test_sample_task_and_data_config():
   # Validation ids never appear in train (hash split over the bundled sample).
   source = pipeline.get_spec("protjax_sample_t5").source
   val = _ids(source, "validation")
-  assert 100 < len(val) < 320 and not set(val) & {i for i in val if not pipeline.is_validation(i, 0.05)}
+  assert 100 < len(val) < 320 and all(pipeline.is_validation(i, 0.05) for i in val)
+  train = _ids(source, "train")
+  assert len(train) + len(val) == 4145 and not set(train) & set(val)
 
 
 def test_seqio_task_path():
