@@ -34,7 +34,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "pretraining")
+DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "pretraining"))
 
 
 def _fasta_files(paths: list[str]) -> list[str]:
