@@ -170,14 +170,18 @@ def make_mesh(model_parallel: int = 1,
 
 
 def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh,
-              what: str) -> PartitionSpec:
-  """Drops the mesh axis from any dimension it does not divide evenly."""
+              what: str, dropped: Optional[list] = None) -> PartitionSpec:
+  """Drops the mesh axis from any dimension it does not divide evenly.
+
+  (jax refuses uneven shards; replicating that dimension is always correct,
+  just less memory-efficient. Dropped dimensions are appended to `dropped`.)
+  """
   out = list(spec) + [None] * (len(shape) - len(spec))
   for i, mesh_axis in enumerate(out):
     if mesh_axis is not None and shape[i] % mesh.shape[mesh_axis]:
-      logging.warning("%s: dimension %d (size %d) is not divisible by mesh "
-                      "axis %r (size %d); replicating it", what, i, shape[i],
-                      mesh_axis, mesh.shape[mesh_axis])
+      if dropped is not None:
+        dropped.append(f"{what}[{i}]={shape[i]} over {mesh_axis!r}"
+                       f"={mesh.shape[mesh_axis]}")
       out[i] = None
   while out and out[-1] is None:
     out.pop()
@@ -220,6 +224,8 @@ class Partitioner:
     logical = flax.core.unfreeze(self.logical_specs(params_axes))
     flat_logical = flax.traverse_util.flatten_dict(logical, sep="/")
 
+    dropped: list[str] = []
+
     def one(path, leaf):
       key = _path_str(path)
       if key not in flat_logical:
@@ -230,9 +236,14 @@ class Partitioner:
         raise ValueError(f"parameter {key!r}: logical axes {names} do not "
                          f"match its shape {leaf.shape}")
       return _fit_spec(logical_to_mesh_axes(names, self.rules), leaf.shape,
-                       self.mesh, key)
+                       self.mesh, key, dropped)
 
-    return jax.tree_util.tree_map_with_path(one, abstract_params)
+    specs = jax.tree_util.tree_map_with_path(one, abstract_params)
+    if dropped:
+      logging.warning("%d parameter dimensions are not divisible by their "
+                      "mesh axis and stay replicated, e.g. %s", len(dropped),
+                      "; ".join(dropped[:3]))
+    return specs
 
   def sharding(self, spec: PartitionSpec) -> NamedSharding:
     return NamedSharding(self.mesh, spec)

@@ -83,7 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     gin_setup.parse_gin(args.gin_file, args.gin_bindings)
   except (IOError, ValueError) as e:
-    raise InputError(f"gin configuration: {e}") from e
+    where = "; ".join(l.strip() for l in str(e).splitlines() if l.strip())
+    raise InputError(f"gin configuration: {where}") from e
   result = gin.get_configurable(trainer.train)(config_str=gin.config_str())
   return 0 if result.stopped in (None, "preempted") else 1
 

@@ -1,6 +1,10 @@
 """Partitioning: rule tables, mesh, sharded init, and sharded == single-device."""
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from protjax import axes, optim, partitioning, trainer
 from protjax.errors import InputError
+from protjax.models import registry, t5
 
 import trainer_toy
 
@@ -88,10 +93,25 @@ def test_param_without_axes_is_an_error():
                                                  axes_tree)
 
 
-def _one_step(partitioner, batch, num_microbatches=1):
+def _t5_batch(batch_size=16, length=32, seed=0):
+  """A ProtT5-shaped batch: 15% of residues masked by id 127, full targets."""
+  rng = np.random.default_rng(seed)
+  targets = rng.integers(3, 23, size=(batch_size, length)).astype(np.int32)
+  targets[:, -1] = 1  # </s>
+  targets[: batch_size // 2, length // 2:] = 0  # some padding
+  weights = (targets > 0).astype(np.int32)
+  inputs = np.where((rng.random(targets.shape) < 0.15) & (targets > 1), 127,
+                    targets).astype(np.int32)
+  decoder_inputs = np.concatenate(
+      [np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
+  return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
+          "decoder_target_tokens": targets, "decoder_loss_weights": weights}
+
+
+def _one_step(partitioner, batch, model=None, num_microbatches=1):
   setup = trainer.setup_training(
-      trainer_toy.ToyModel(), optim.adafactor(optim.constant_schedule(0.05),
-                                              min_dim_size_to_factor=8),
+      model or trainer_toy.ToyModel(),
+      optim.adafactor(optim.constant_schedule(0.05), min_dim_size_to_factor=8),
       partitioner, {k: v.shape for k, v in batch.items()},
       num_microbatches=num_microbatches, seed=3)
   state = setup.init_state()
@@ -99,37 +119,88 @@ def _one_step(partitioner, batch, num_microbatches=1):
   return state, jax.device_get(metrics)
 
 
-def test_sharded_step_matches_single_device():
-  # Dropout is on: its RNG is fold_in(rng, step) and threefry is
-  # partitionable, so the masks are the same however the batch is split.
-  batch = trainer_toy.ToyData(batch_size=16, seed=1).batch(0)
+def test_prott5_step_on_2x4_and_8x1_matches_single_device():
+  """Tiny ProtT5 (4 heads so attention splits 4 ways), dropout on.
+
+  The dropout RNG is fold_in(rng, step) and threefry is partitionable, so
+  the masks are the same however the batch is split.
+  """
+  model = registry.get_model("prott5", t5.get_config("tiny", num_heads=4))
+  batch = _t5_batch()
   single = partitioning.Partitioner(
       partitioning.make_mesh(1, jax.devices()[:1]), partitioning.get_rules("tp"))
-  ref_state, ref_m = _one_step(single, batch)
-  for mp, rules in ((4, "tp"), (1, "tp")):
-    part = partitioning.make_partitioner(mp, rules)
-    state, m = _one_step(part, batch)
+  ref_state, ref_m = _one_step(single, batch, model)
+  assert 4.0 < ref_m["loss"] < 6.0  # ~ln(128) from a fresh init
+  for mp in (4, 1):
+    state, m = _one_step(partitioning.make_partitioner(mp, "tp"), batch, model)
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
     np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-5)
     for path, ref in jax.tree_util.tree_leaves_with_path(ref_state.params):
       got = _get(state.params, path)
       np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5,
-                                 atol=1e-6, err_msg=f"{rules} mp={mp} {path}")
+                                 atol=1e-6, err_msg=f"mp={mp} {path}")
     if mp == 4:
-      # Checked from the arrays' shardings, not assumed: every parameter
-      # bigger than a vector is split 4 ways over `model`, and each device
-      # holds only its shard.
+      # Checked from the arrays' shardings, not assumed: every matrix is
+      # split 4 ways over `model` and each device holds a quarter of it.
+      big = 0
       for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
         if leaf.ndim >= 2:
+          big += 1
           assert partitioning.split_fraction(leaf.sharding, leaf.shape,
                                              "model") == 4, path
-          shard = leaf.addressable_shards[0].data
-          assert shard.size * 4 == leaf.size, path
-      v_col = state.opt_state[0].v_col["wi"]  # factored [mlp] statistic
-      assert v_col.sharding.spec == P("model")
+          assert leaf.addressable_shards[0].data.size * 4 == leaf.size, path
+      assert big == 1 + 2 + 2 * 6 + 2 * 10  # embedding, relpos, enc, dec
+      factored = state.opt_state[0]
+      wi = factored.v_col["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]
+      assert wi.shape == (64,) and wi.sharding.spec == P("model")
 
 
 def _get(tree, path):
   for k in path:
     tree = tree[k.key]
   return tree
+
+
+GOLDEN = pathlib.Path(__file__).parent / "fixtures" / "sharding"
+
+
+@pytest.mark.parametrize("rules", ["tp", "fsdp+tp"])
+def test_sharding_golden_file(rules):
+  """param path -> logical axes -> PartitionSpec for tiny ProtT5 on (2, 4).
+
+  Regenerate after an intended change with PROTJAX_UPDATE_GOLDEN=1.
+  """
+  model = registry.get_model("prott5", "tiny")
+  shapes = {"encoder_input_tokens": (8, 64), "decoder_target_tokens": (8, 64)}
+  variables = jax.eval_shape(lambda r: model.init_variables(r, shapes),
+                             jax.random.PRNGKey(0))
+  table = partitioning.make_partitioner(4, rules).sharding_table(
+      variables["params"], variables["params_axes"])
+  path = GOLDEN / f"prott5_tiny_{rules.replace('+', '_')}_2x4.json"
+  if os.environ.get("PROTJAX_UPDATE_GOLDEN"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One line per parameter, so a diff shows exactly what moved.
+    path.write_text("{\n" + ",\n".join(
+        f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}"
+        for k, v in sorted(table.items())) + "\n}\n")
+  assert table == json.loads(path.read_text())
+
+
+def test_xl_every_matrix_split_8_ways():
+  """ProtT5-XL on (1, 8), from abstract shapes (nothing allocated)."""
+  model = registry.get_model("prott5", "xl")
+  shapes = {"encoder_input_tokens": (8, 512), "decoder_target_tokens": (8, 512)}
+  variables = jax.eval_shape(lambda r: model.init_variables(r, shapes),
+                             jax.random.PRNGKey(0))
+  part = partitioning.make_partitioner(8, "tp")
+  specs = part.param_specs(variables["params"], variables["params_axes"])
+  total = sharded = 0
+  for leaf, spec in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(
+      specs, is_leaf=lambda x: isinstance(x, P))):
+    total += leaf.size
+    if "model" in spec:
+      sharded += leaf.size
+    elif leaf.ndim >= 2:
+      assert leaf.shape == (32, 32), (leaf.shape, spec)  # relpos: tiny
+  assert total == 2_818_830_336
+  assert sharded / total > 0.9999
