@@ -27,6 +27,7 @@ import argparse
 import glob
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -129,7 +130,11 @@ def main(argv=None) -> int:
     obj = r["task"].rsplit("_", 1)[1]
     print(f"{obj:<10} {str(r['pack']):<5} {r['examples_per_s']:>11,.0f} "
           f"{r['residues_per_s']:>12,.0f} {r['masked_fraction']:>7.3f} {r['batches']:>8}")
-  result = {"files": files, "cpu_count": os.cpu_count(), "load_avg_1min_before": load_before,
+  cpu = platform.processor() or platform.machine()
+  if os.path.exists("/proc/cpuinfo"):
+    names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+    cpu = names[0] if names else cpu
+  result = {"files": files, "machine": f"{platform.node()} ({cpu})", "cpu_count": os.cpu_count(), "load_avg_1min_before": load_before,
             "load_avg_1min_after": load_after, "target_examples_per_s": 5000, "results": rows}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)), suffix=".tmp")
