@@ -95,3 +95,18 @@ def test_two_processes_match_one(tmp_path):
   np.testing.assert_allclose(params["wi"],
                              np.asarray(single.state.params["wi"]), rtol=1e-5,
                              atol=1e-6)
+
+
+def test_gpu_multinode_launcher_gives_each_host_its_process_id():
+  out = subprocess.run(
+      ["bash", str(REPO / "launch" / "gpu_multinode.sh"), "gpu0 gpu1 gpu2",
+       "--gin_file=gin_configs/runs/pretrain.gin",
+       "--gin.train.model_dir='/runs/a b'"],
+      env=dict(os.environ, DRY_RUN="1", PORT="1234", REPO_DIR="/opt/protjax"),
+      capture_output=True, text=True, check=True).stdout.splitlines()
+  assert len(out) == 3
+  for i, line in enumerate(out):
+    assert line.startswith(f"ssh gpu{i} cd /opt/protjax && ")
+    assert "--coordinator_address=gpu0:1234 --num_processes=3" in line
+    assert f"--process_id={i} " in line
+    assert "--gin.train.model_dir=\\'/runs/a\\ b\\'" in line  # quoted once
