@@ -85,9 +85,14 @@ class PipelineSource:
   Attributes:
     data: a DataConfig (task, length, batch size, seed, packing, files).
     split: "train" or "validation".
+    repeat: loop over the split forever. Kept on for evaluation too: every
+      host must produce `eval_steps` batches (a host whose shard ran out
+      would leave the others waiting in a collective), and each evaluation
+      then sees the same batches, so evaluations are comparable.
   """
   data: Any
   split: str = "train"
+  repeat: bool = True
 
   @property
   def seed(self) -> int:
@@ -104,7 +109,7 @@ class PipelineSource:
       shard_info = seqio.ShardInfo(index=shard_index, num_shards=num_shards)
     return iter(self.data.get_dataset(
         self.split, start_step=start_step, shard_info=shard_info,
-        batch_size=self.data.batch_size // num_shards))
+        repeat=self.repeat, batch_size=self.data.batch_size // num_shards))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -498,6 +503,41 @@ def restore_state(ckpt: checkpoints_lib.Checkpointer, setup: TrainSetup,
   return state, meta
 
 
+def _write_run_files(model_dir: pathlib.Path, model: Model,
+                     config_str: Optional[str]) -> None:
+  """model_dir/config.gin (resolved gin) and model_config.json (the config)."""
+  model_dir.mkdir(parents=True, exist_ok=True)
+  if config_str is not None:
+    _write_atomic(model_dir / "config.gin", config_str)
+  if dataclasses.is_dataclass(getattr(model, "config", None)):
+    _write_atomic(model_dir / "model_config.json", json.dumps(
+        dataclasses.asdict(model.config), indent=2, sort_keys=True) + "\n")
+
+
+def _resume_point(ckpt: checkpoints_lib.Checkpointer, init_from: Optional[str]):
+  """Where the state comes from: (checkpointer or None, its step, start step,
+  data offset).
+
+  This run's latest checkpoint, else (stage 2 of a two-stage pretraining)
+  the latest of `init_from`, else nothing (fresh init). The data source is
+  indexed by `step - data_offset`: a continued run's new corpus starts at its
+  own batch 0 at the inherited step.
+  """
+  latest = ckpt.latest_step()
+  if latest is not None:
+    meta = ckpt.read_meta(latest)
+    return ckpt, latest, meta["step"], meta.get("data_offset", 0)
+  if init_from:
+    source = checkpoints_lib.Checkpointer(init_from, read_only=True)
+    step = source.latest_step()
+    if step is None:
+      raise InputError("no complete checkpoint to initialise from",
+                       path=str(source.directory))
+    inherited = source.read_meta(step)["step"]
+    return source, step, inherited, inherited
+  return None, None, 0, 0
+
+
 def train(*,
           model_dir: str,
           model: Model,
@@ -550,29 +590,9 @@ def train(*,
   model_dir_path = pathlib.Path(model_dir)
   is_chief = jax.process_index() == 0
   if is_chief:
-    model_dir_path.mkdir(parents=True, exist_ok=True)
-    if config_str is not None:
-      _write_atomic(model_dir_path / "config.gin", config_str)
-    if dataclasses.is_dataclass(getattr(model, "config", None)):
-      _write_atomic(model_dir_path / "model_config.json", json.dumps(
-          dataclasses.asdict(model.config), indent=2, sort_keys=True) + "\n")
-
+    _write_run_files(model_dir_path, model, config_str)
   ckpt = checkpoints_lib.Checkpointer(model_dir, checkpoint)
-  # Where the state comes from: this run's latest checkpoint, else (stage 2
-  # of a two-stage pretraining) another run's, else a fresh init.
-  source, source_step, start_step, data_offset = None, None, 0, 0
-  if ckpt.latest_step() is not None:
-    source, source_step = ckpt, ckpt.latest_step()
-    meta = ckpt.read_meta(source_step)
-    start_step, data_offset = meta["step"], meta.get("data_offset", 0)
-  elif init_from:
-    source = checkpoints_lib.Checkpointer(init_from, read_only=True)
-    source_step = source.latest_step()
-    if source_step is None:
-      raise InputError("no complete checkpoint to initialise from",
-                       path=str(source.directory))
-    # The new corpus starts at its own batch 0 at the inherited step.
-    start_step = data_offset = source.read_meta(source_step)["step"]
+  source, source_step, start_step, data_offset = _resume_point(ckpt, init_from)
   # The data restarts exactly where the checkpoint left off; the first batch
   # also tells the shapes to build everything for.
   shard, num_shards = jax.process_index(), jax.process_count()

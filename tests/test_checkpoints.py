@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from protjax import checkpoints, optim, partitioning, trainer
+from protjax.errors import InputError
 
 import trainer_toy
 
@@ -140,3 +141,35 @@ def test_model_dir_files(tmp_path):
   assert json.loads((tmp_path / "model_config.json").read_text()) == {
       "d_model": 16}
   assert checkpoints.Checkpointer(tmp_path).latest_step() == 2  # final save
+
+
+class RecordingData(trainer_toy.ToyData):
+  """Remembers at which batch index each iterator was started."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.starts = []
+
+  def __call__(self, start_step, shard_index, num_shards):
+    self.starts.append(start_step)
+    return super().__call__(start_step, shard_index, num_shards)
+
+
+def test_continue_pretraining_from_another_run(tmp_path):
+  """Stage 2: state and step from the stage-1 run, new data from batch 0."""
+  _train(tmp_path / "bfd", 5)
+  data = RecordingData(seed=11)
+  stage2 = _train(tmp_path / "u50", 8, data=data,
+                  init_from=str(tmp_path / "bfd"))
+  assert stage2.start_step == 5 and sorted(stage2.history) == [5, 6, 7]
+  assert data.starts == [0]
+  meta = checkpoints.Checkpointer(tmp_path / "u50").read_meta()
+  assert meta["step"] == 8 and meta["data_offset"] == 5
+  assert meta["data_seed"] == 11
+  # Its own checkpoints win on restart; the data resumes at batch 8 - 5.
+  data = RecordingData(seed=11)
+  again = _train(tmp_path / "u50", 9, data=data,
+                 init_from=str(tmp_path / "bfd"))
+  assert again.start_step == 8 and data.starts == [3]
+  with pytest.raises(InputError, match="no complete checkpoint"):
+    _train(tmp_path / "new", 3, init_from=str(tmp_path / "empty"))
