@@ -363,8 +363,11 @@ KILL_SCRIPT = textwrap.dedent("""
 def test_sigkilled_run_resumes_to_identical_files(embedder, model_dir, fasta, tmp_path):
   ref, out = str(tmp_path / "ref"), str(tmp_path / "out")
   embed.embed_fasta(embedder, fasta, per_residue=ref + ".res.h5", per_protein=ref + ".prot.h5")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(embed.__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (root, os.environ.get("PYTHONPATH")) if p))
   proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, model_dir, fasta, out, "6"],
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=300, env=env)
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   for suffix in (".res.h5", ".prot.h5"):
     assert not os.path.exists(out + suffix)
