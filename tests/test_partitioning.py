@@ -155,6 +155,20 @@ def test_prott5_step_on_2x4_and_8x1_matches_single_device():
       assert wi.shape == (64,) and wi.sharding.spec == P("model")
 
 
+def test_fsdp_step_matches_and_splits_weights_over_data():
+  batch = trainer_toy.ToyData(batch_size=16, seed=1).batch(0)
+  ref_state, ref_m = _one_step(partitioning.Partitioner(
+      partitioning.make_mesh(1, jax.devices()[:1]),
+      partitioning.get_rules("tp")), batch)
+  state, m = _one_step(partitioning.make_partitioner(2, "fsdp+tp"), batch)
+  np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
+  wi = state.params["wi"]  # [embed, mlp] -> (data, model)
+  assert wi.sharding.spec == P("data", "model")
+  assert wi.addressable_shards[0].data.shape == (16 // 4, 32 // 2)
+  np.testing.assert_allclose(np.asarray(wi), np.asarray(ref_state.params["wi"]),
+                             rtol=1e-5, atol=1e-6)
+
+
 def _get(tree, path):
   for k in path:
     tree = tree[k.key]
