@@ -288,6 +288,24 @@ def _choose_model_parallel(param_bytes: int, devices) -> int:
                    f"fit {len(devices)} devices of {limit / 2**30:.1f} GiB")
 
 
+def _cast_on_host(params, dtype: str):
+  """Float params -> `dtype` as host numpy arrays, RMS-norm scales kept float32.
+
+  The same rule as `protjax.models.t5.to_half_precision`, but on the host: a
+  model split over several devices never passes whole through one of them.
+  """
+  import jax
+  import jax.numpy as jnp
+  target = np.dtype(jnp.dtype(dtype))
+
+  def cast(path, x):
+    x = np.asarray(x)
+    keep = (getattr(path[-1], "key", None) == "scale"
+            or not jnp.issubdtype(x.dtype, jnp.floating))
+    return x if keep else x.astype(target, copy=False)
+  return jax.tree_util.tree_map_with_path(cast, params)
+
+
 # --------------------------------------------------------------------------
 # The embedder: model + batching + one jitted forward per (attention, outputs).
 # --------------------------------------------------------------------------
@@ -322,9 +340,7 @@ class Embedder:
                attention_impl: Optional[str] = "xla",
                model_parallel: int | str = "auto", devices=None):
     import jax
-    import jax.numpy as jnp
     from protjax import partitioning
-    from protjax.models import t5
     if dtype not in DTYPES:
       raise InputError(f"--dtype {dtype!r} is not one of {DTYPES}")
     if storage_dtype not in STORAGE_DTYPES:
@@ -341,8 +357,7 @@ class Embedder:
         attention_impl=attention_impl or config.attention_impl)
     self.dim = int(config.d_model)
     devices = list(jax.local_devices() if devices is None else devices)
-    if dtype != "float32":   # norm scales stay float32 (the norm runs in float32)
-      params = t5.to_half_precision(params, jnp.dtype(dtype))
+    params = _cast_on_host(params, dtype)
     param_bytes = partitioning.num_bytes(params)
     if model_parallel == "auto":
       model_parallel = _choose_model_parallel(param_bytes, devices)

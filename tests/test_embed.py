@@ -289,6 +289,7 @@ def test_half_precision_path(tiny):
   full = embed.Embedder(params, config).embed_sequences(seqs)
   half = embed.Embedder(params, config, dtype="bfloat16", storage_dtype="float16")
   assert half.params["encoder"]["layers_0"]["mlp"]["wi"]["kernel"].dtype == jax.numpy.bfloat16
+  assert half.params["encoder"]["encoder_norm"]["scale"].dtype == np.float32
   for a, b in zip(full, half.embed_sequences(seqs)):
     assert b.dtype == np.float16
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b.astype(np.float32), axis=-1)
