@@ -167,7 +167,57 @@ def _data_config():
   return gin.get_configurable(DataConfig)()
 
 
-def heldout_eval(params, config, data_cfg, max_batches: int = 1000) -> dict:
+class EncoderMLM:
+  """Investigation objective (not ProtT5's): the T5 encoder alone predicts the
+  masked residues through the tied embedding (logits scaled by d_model**-0.5,
+  as T5's output layer), BERT-style, on exactly ProtT5's masks (15% of residues
+  -> <extra_id_0>). The trainer's Model protocol; params are the encoder
+  subtrees of the ProtT5 tree, so export and embedding are unchanged.
+  """
+
+  def __init__(self, config):
+    from protjax.models import t5
+    self.config = config
+    self.module = t5.T5Encoder(config)
+
+  def init_variables(self, rng, batch_shapes) -> dict:
+    import jax.numpy as jnp
+    tokens = jnp.ones((1, batch_shapes["encoder_input_tokens"][1]), jnp.int32)
+    variables = self.module.init({"params": rng}, tokens, deterministic=True)
+    return {"params": variables["params"], "params_axes": variables["params_axes"]}
+
+  def loss_fn(self, params, batch, dropout_rng):
+    import jax.numpy as jnp
+    from protjax.models import t5
+    rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+    hidden = self.module.apply(
+        {"params": params}, batch["encoder_input_tokens"], batch.get("encoder_segment_ids"),
+        batch.get("encoder_positions"), deterministic=dropout_rng is None, rngs=rngs)
+    emb = params["token_embedder"]["embedding"]
+    logits = jnp.einsum("bld,vd->blv", hidden.astype(jnp.float32) * self.config.d_model ** -0.5,
+                        emb.astype(jnp.float32))
+    return t5._loss_and_metrics(logits, {  # pylint: disable=protected-access
+        "decoder_target_tokens": batch["encoder_target_tokens"],
+        "decoder_loss_weights": batch["encoder_loss_weights"],
+        "encoder_input_tokens": batch["encoder_input_tokens"]})
+
+  def flops_per_example(self, batch_shapes) -> float:
+    c, n = self.config, batch_shapes["encoder_input_tokens"][1]
+    per_layer = 2 * (4 * c.d_model * c.num_heads * c.d_kv + 2 * c.d_model * c.d_ff) * n
+    attn = 4 * n * n * c.num_heads * c.d_kv
+    return 3.0 * (c.num_encoder_layers * (per_layer + attn) + 2 * c.d_model * c.vocab_size * n)
+
+  def tokens_per_example(self, batch_shapes) -> int:
+    return batch_shapes["encoder_input_tokens"][1]
+
+
+def _weights_and_targets(batch):
+  if "decoder_target_tokens" in batch:
+    return batch["decoder_loss_weights"], batch["decoder_target_tokens"]
+  return batch["encoder_loss_weights"], batch["encoder_target_tokens"]
+
+
+def heldout_eval(params, config, data_cfg, max_batches: int = 1000, model=None) -> dict:
   """Deterministic loss and masked-residue accuracy over the whole held-out split.
 
   Also the accuracy of the best constant guess (the residue most frequent at
@@ -176,7 +226,7 @@ def heldout_eval(params, config, data_cfg, max_batches: int = 1000) -> dict:
   """
   import jax
   from protjax.models import t5
-  model = t5.EncoderDecoderModel(config)
+  model = model or t5.EncoderDecoderModel(config)
   step = jax.jit(lambda p, b: model.loss_fn(p, b, None)[1])
   mask_id = 127
   tot = {"loss": 0.0, "cross_entropy": 0.0, "accuracy": 0.0}
@@ -192,13 +242,14 @@ def heldout_eval(params, config, data_cfg, max_batches: int = 1000) -> dict:
     for k in tot:
       tot[k] += w * float(m[k])
     n_tok += w
-    masked = (batch["encoder_input_tokens"] == mask_id) & (batch["decoder_loss_weights"] > 0)
+    weights, targets = _weights_and_targets(batch)
+    masked = (batch["encoder_input_tokens"] == mask_id) & (weights > 0)
     nm = int(masked.sum())
     if nm:  # (a batch without masked positions may report 0/0)
       masked_correct += float(m["masked_residue_accuracy"]) * nm
     n_masked += nm
-    counts += np.bincount(batch["decoder_target_tokens"][masked], minlength=config.vocab_size)
-    n_seq += int((batch["decoder_loss_weights"].sum(1) > 0).sum())
+    counts += np.bincount(targets[masked], minlength=config.vocab_size)
+    n_seq += int((batch["encoder_input_tokens"] > 0).any(1).sum())
   out = {k: v / max(n_tok, 1.0) for k, v in tot.items()}
   out["masked_residue_accuracy"] = masked_correct / max(n_masked, 1)
   out["masked_positions"] = n_masked
@@ -219,7 +270,10 @@ def pretrain(args, work: str) -> dict:
   model_dir = os.path.join(work, "pretrain")
   files = pretraining_files(args.data)
   bindings = [f"train.model_dir = {model_dir!r}",
-              f"DataConfig.source_files = {tuple(files)!r}"] + list(args.gin)
+              f"DataConfig.source_files = {tuple(files)!r}"]
+  if args.objective == "encoder_mlm":
+    bindings.append("DataConfig.feature_converter = 'encoder'")
+  bindings += list(args.gin)
   gin_files = [args.gin_file] + ([args.model_gin] if args.model_gin else [])
   _parse_gin(gin_files, bindings)
   budget_s = args.train_minutes * 60.0
@@ -234,8 +288,11 @@ def pretrain(args, work: str) -> dict:
       os.kill(os.getpid(), signal.SIGTERM)
 
   _log(f"pretraining into {model_dir} (budget {args.train_minutes} min)")
+  extra = {}
+  if args.objective == "encoder_mlm":
+    extra["model"] = EncoderMLM(gin.get_configurable(t5.T5Config)())
   result = gin.get_configurable(trainer.train)(config_str=gin.config_str(),
-                                               hooks=[budget_hook])
+                                               hooks=[budget_hook], **extra)
   train_seconds = time.time() - t0
   config_str = gin.config_str()
   data_cfg = _data_config()
@@ -247,10 +304,13 @@ def pretrain(args, work: str) -> dict:
     params = params["params"]
   _log(f"pretraining stopped at step {result.step} after {train_seconds / 60:.1f} min; "
        "held-out evaluation")
-  heldout = heldout_eval(params, config, data_cfg)
+  model = EncoderMLM(config) if args.objective == "encoder_mlm" else None
+  heldout = heldout_eval(params, config, data_cfg, model=model)
   rand = t5.EncoderDecoderModel(config).init_variables(
       jax.random.PRNGKey(args.random_seed), 1, 8, 8)["params"]
-  heldout_random = heldout_eval(rand, config, data_cfg)
+  if model is not None:
+    rand = t5.encoder_params(rand)
+  heldout_random = heldout_eval(rand, config, data_cfg, model=model)
   _log(f"held-out masked-residue accuracy {100 * heldout['masked_residue_accuracy']:.2f}% "
        f"(random init {100 * heldout_random['masked_residue_accuracy']:.2f}%, best constant "
        f"{100 * heldout['best_constant_accuracy']:.2f}%), loss {heldout['loss']:.4f}")
@@ -259,6 +319,7 @@ def pretrain(args, work: str) -> dict:
              for s, m in sorted(result.history.items())}
   total, encoder = t5.param_count(config)
   return {
+      "objective": args.objective,
       "model_dir": model_dir, "files": files, "gin_files": gin_files, "bindings": bindings,
       "config_str": config_str, "model_config": dataclasses.asdict(config),
       "data_config": dataclasses.asdict(data_cfg),
@@ -478,7 +539,7 @@ def run_probes(args, work: str, probe_data: dict) -> dict:
                                             args.folds)))
     results.setdefault("seconds", {})[kind] = time.time() - t
   results["pooling"]["mean"] = results["loc"]["trained_lm"]
-  for pooling in POOLINGS[1:]:
+  for pooling in [p for p in args.poolings.split(",") if p != "mean"]:
     _log(f"pooling comparison: {pooling}")
     results["pooling"][pooling] = _cached(
         os.path.join(cache, f"loc_trained_lm_{pooling}.json"),
@@ -602,7 +663,7 @@ def results_table(probes: dict) -> str:
 def pooling_table(probes: dict) -> str:
   lines = ["| pooling (trained LM) | features | DeepLoc Q10 | DeepLoc Q2 | Q10, train file only |",
            "| --- | --- | --- | --- | --- |"]
-  for pooling in POOLINGS:
+  for pooling in [p for p in POOLINGS if p in probes["pooling"]]:
     r = probes["pooling"][pooling]
     width = "3 × d" if pooling == "concat" else "d"
     lines.append(f"| {pooling} | {width} | {_cell(r['cv'].get('Q10'))} | "
@@ -622,9 +683,9 @@ def standing(probes: dict) -> list[str]:
       d = t["accuracy"] - o["accuracy"]
       se = math.sqrt(t["se"] ** 2 + o["se"] ** 2)
       verdict = ("better" if d > 2 * se else "worse" if d < -2 * se
-                 else "not distinguishable (within 2 combined SE)")
-      parts.append(f"{name} {d:+.1f} points ({d / se if se else float('nan'):+.1f} combined SE: "
-                   f"{verdict})")
+                 else "within 2 combined SE")
+      parts.append(f"{name} {d:+.1f} points = {d / se if se else float('nan'):+.1f} combined SE, "
+                   f"{verdict}")
     out.append(f"- vs {KIND_LABELS[kind]}: " + "; ".join(parts) + ".")
   gap = [f"{name} {q} {PAPER[name][q] - v:.1f} points below"
          for name, q, v in (("CB513", "Q3", t_ss["accuracy"]),
@@ -633,7 +694,25 @@ def standing(probes: dict) -> list[str]:
                             ("DeepLoc", "Q10", t_loc["accuracy"]),
                             ("DeepLoc", "Q2", probes["loc"]["trained_lm"]["cv"]["Q2"]["accuracy"]))]
   out.append("- vs the paper's ProtT5-XL-U50 (2.8B parameters, ~2.2M steps at batch 2048 on "
-             "BFD + UniRef50): " + ", ".join(gap) + ".")
+             "BFD + UniRef50, probes trained on the full NetSurfP-2.0 and DeepLoc training "
+             "sets): " + ", ".join(gap) + ".")
+  full = os.path.join(REPO, "bench", "results", "probe_baselines.json")
+  if os.path.exists(full):
+    # The same baselines with the probes trained on the whole training files:
+    # how much the probe-data subsampling here costs.
+    with open(full) as f:
+      base = json.load(f).get("baselines", {})
+    cells = []
+    for kind in BASELINE_KINDS:
+      try:
+        cells.append(f"{KIND_LABELS[kind]} CB513 Q3 {_cell(base[kind]['ss']['CB513']['metrics']['Q3'])}"
+                     f", DeepLoc Q10 {_cell(base[kind]['loc']['cv']['Q10'])}")
+      except (KeyError, TypeError):
+        pass
+    if cells:
+      out.append("- For scale: with the probes trained on the whole NetSurfP-2.0 and DeepLoc "
+                 "training files (`bench/results/probe_baselines.md`, same procedure): "
+                 + "; ".join(cells) + ".")
   return out
 
 
@@ -676,8 +755,14 @@ def markdown(rep: dict) -> str:
            f"{cfg['num_decoder_layers']} decoder layers, dropout {cfg['dropout_rate']}, "
            f"compute {cfg['dtype']}: {pre['param_count']['total']:,} parameters "
            f"({pre['param_count']['encoder']:,} in the encoder with the embedding).")
-  L.append(f"- Objective: ProtT5's (each residue → `<extra_id_0>` with probability 0.15, the "
-           f"decoder rebuilds the whole sequence; cross-entropy + 1e-4 z-loss).")
+  if pre.get("objective", "prott5") == "prott5":
+    L.append("- Objective: ProtT5's (each residue → `<extra_id_0>` with probability 0.15, the "
+             "decoder rebuilds the whole sequence; cross-entropy + 1e-4 z-loss).")
+  else:
+    L.append("- Objective: NOT ProtT5's (investigation run): ProtT5's masks (each residue → "
+             "`<extra_id_0>` with probability 0.15), but the encoder alone predicts the masked "
+             "residues through the tied embedding (BERT-style; no decoder; cross-entropy + 1e-4 "
+             "z-loss over masked positions).")
   L.append(f"- Corpus: {', '.join(os.path.basename(f) for f in pre['files'])}; task "
            f"`{dc['task_name']}` with these source files; {100 * dc['validation_fraction']:.0f}% "
            f"of the sequences held out by id hash; length {dc['sequence_length']} tokens incl. "
@@ -776,6 +861,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "prott5_mini)")
   ap.add_argument("--gin", action="append", default=[],
                   help="extra gin binding, e.g. --gin 'DataConfig.batch_size=16' (repeatable)")
+  ap.add_argument("--objective", default="prott5", choices=("prott5", "encoder_mlm"),
+                  help="prott5: ProtT5's (the acid test); encoder_mlm: an investigation "
+                       "objective, the encoder alone predicts the masked residues")
   ap.add_argument("--train_minutes", type=float, default=40.0,
                   help="wall-clock budget of pretraining (incl. compilation)")
   ap.add_argument("--random_seed", type=int, default=1234,
@@ -791,6 +879,8 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--loc_max_epochs", type=int, default=200)
   ap.add_argument("--loc_patience", type=int, default=10)
   ap.add_argument("--folds", type=int, default=5)
+  ap.add_argument("--poolings", default=",".join(POOLINGS),
+                  help="poolings compared on DeepLoc with the trained LM (mean always runs)")
   ap.add_argument("--embed_token_budget", type=int, default=16384)
   ap.add_argument("--tsne_perplexity", type=float, default=30.0)
   ap.add_argument("--fresh", action="store_true", help="delete --work_dir first")
