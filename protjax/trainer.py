@@ -700,6 +700,9 @@ def train(*,
       writer.scalars(step, {f"eval/{k}": v for k, v in em.items()})
 
   last_saved = start_step if source is ckpt else None
+  if start_step >= train_steps and is_chief:
+    print(f"{model_dir} is already at step {start_step} (train_steps="
+          f"{train_steps}): nothing to do", flush=True)
   with checkpoints_lib.PreemptionGuard() as guard:
     try:
       while step < train_steps:
@@ -712,7 +715,7 @@ def train(*,
         step += 1
         interval_steps += 1
         last = step == train_steps
-        if step % log_every == 0 or last:
+        if step % log_every == 0 or last or step == start_step + 1:
           collect(pending)
           pending = None
           report(step)

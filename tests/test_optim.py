@@ -87,10 +87,11 @@ def test_microbatch_accumulation_equals_full_batch():
   assert len(set(np.asarray(batch["encoder_loss_weights"]).sum(1))) > 1
   params = model.init_variables(jax.random.PRNGKey(0),
                                 {"encoder_input_tokens": (8, 12)})["params"]
-  full_grads, full_m = trainer.accumulate_gradients(model.loss_fn, params,
-                                                    batch, None, 1)
-  grads, m = jax.jit(lambda p, b: trainer.accumulate_gradients(
-      model.loss_fn, p, b, None, 4))(params, batch)
+  accumulate = jax.jit(
+      lambda p, b, n: trainer.accumulate_gradients(model.loss_fn, p, b, None,
+                                                   n), static_argnums=2)
+  full_grads, full_m = accumulate(params, batch, 1)
+  grads, m = accumulate(params, batch, 4)
   np.testing.assert_allclose(m["loss"], full_m["loss"], rtol=1e-5)
   assert float(m["num_tokens"]) == float(full_m["num_tokens"])
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(full_grads)):

@@ -58,13 +58,16 @@ def test_loss_falls_and_logs_are_written(tmp_path, capsys):
   assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
   lines = [l for l in capsys.readouterr().out.splitlines()
            if l.startswith("step ")]
-  assert len(lines) == 3 and lines[-1].startswith("step 30/30  loss ")
+  # The first step (the starting loss), then every log_every steps.
+  assert len(lines) == 4 and lines[0].startswith("step 1/30  loss ")
+  assert lines[-1].startswith("step 30/30  loss ")
   for field in ("masked_acc", "lr", "grad_norm", "ex/s", "tok/s", "ms/step",
                 "MFU"):
     assert field in lines[-1]
   assert "MFU n/a" not in lines[-1]  # peak given: MFU is computed
   scalars = _read_scalars(tmp_path / "tensorboard")
-  assert sorted(scalars["train/loss"]) == [10, 20, 30]
+  assert sorted(scalars["train/loss"]) == [1, 10, 20, 30]
+  assert scalars["train/loss"][1] == result.history[0]["loss"]
   np.testing.assert_allclose(
       scalars["train/loss"][30],
       np.mean([result.history[s]["loss"] for s in range(20, 30)]), rtol=1e-5)
