@@ -26,6 +26,8 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   """Parses argv (without the program name); `--gin.X=Y` become bindings."""
   parser = argparse.ArgumentParser(
       prog="protjax-train", description=__doc__.split("\n\n")[0],
+      epilog="--gin.NAME=VALUE   one gin binding (repeatable), applied "
+      "after the gin files, e.g. --gin.train.train_steps=1000",
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--gin_file", action="append", default=[],
                       help="gin file (repeatable)")

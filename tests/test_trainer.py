@@ -184,3 +184,29 @@ def test_short_demo_loss_falls(tmp_path, clean_gin):
   assert checkpoints.Checkpointer(model_dir).latest_step() == 24
   params = checkpoints.restore_params(model_dir)
   assert params["encoder"]["layers_0"]["mlp"]["wi"]["kernel"].shape == (32, 64)
+
+
+@pytest.mark.parametrize("run, model_parallel, d_ff, task, batch", [
+    ("pretrain.gin", 8, 2048, "bfd_t5", 2048),
+    ("continue_pretrain.gin", 8, 2048, "uniref50_t5", 2048),
+    ("prott5_xl_bfd.gin", 8, 16384, "bfd_t5", 4096),
+    ("prott5_xl_u50.gin", 8, 16384, "uniref50_t5", 2048),
+    ("prott5_xxl_bfd.gin", 32, 65536, "bfd_t5", 4096),
+    ("demo.gin", 1, 64, "protjax_sample_t5", 32),
+])
+def test_run_files_compose(run, model_parallel, d_ff, task, batch, clean_gin):
+  import gin
+  from protjax import gin_setup
+  gin.add_config_file_search_path(str(REPO))
+  gin_setup.parse_gin([str(REPO / "gin_configs" / "runs" / run)],
+                      ["train.model_dir = '/tmp/x'", "train.init_from = '/y'"])
+  assert gin.query_parameter("make_partitioner.model_parallel") == (
+      model_parallel)
+  assert gin.query_parameter("DataConfig.task_name") == task
+  assert gin.query_parameter("DataConfig.batch_size") == batch
+  from protjax.models import t5
+  config = gin.get_configurable(t5.T5Config)()
+  assert config.d_ff == d_ff
+  optimizer = gin.get_configurable(optim.adafactor)()
+  base = gin.query_parameter("inverse_sqrt_schedule.base_rate")
+  assert float(optimizer.schedule(0)) == pytest.approx(base)
