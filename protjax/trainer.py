@@ -510,8 +510,11 @@ def _write_run_files(model_dir: pathlib.Path, model: Model,
   if config_str is not None:
     _write_atomic(model_dir / "config.gin", config_str)
   if dataclasses.is_dataclass(getattr(model, "config", None)):
+    config = dataclasses.asdict(model.config)
+    if getattr(model, "family", None):
+      config["family"] = model.family
     _write_atomic(model_dir / "model_config.json", json.dumps(
-        dataclasses.asdict(model.config), indent=2, sort_keys=True) + "\n")
+        config, indent=2, sort_keys=True) + "\n")
 
 
 def _resume_point(ckpt: checkpoints_lib.Checkpointer, init_from: Optional[str]):

@@ -179,8 +179,8 @@ def test_short_demo_loss_falls(tmp_path, clean_gin):
   assert np.mean([loss[s] for s in range(20, 25)]) < 0.8 * loss[1]
   config = (model_dir / "config.gin").read_text()
   assert "train.train_steps = 24" in config
-  assert json.loads((model_dir / "model_config.json").read_text())[
-      "d_model"] == 32
+  model_config = json.loads((model_dir / "model_config.json").read_text())
+  assert model_config["d_model"] == 32 and model_config["family"] == "prott5"
   assert checkpoints.Checkpointer(model_dir).latest_step() == 24
   params = checkpoints.restore_params(model_dir)
   assert params["encoder"]["layers_0"]["mlp"]["wi"]["kernel"].shape == (32, 64)

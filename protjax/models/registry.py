@@ -27,7 +27,8 @@ class EncoderDecoderAdapter:
   target length.
   """
 
-  def __init__(self, model):
+  def __init__(self, model, family: str = "prott5"):
+    self.family = family
     self.model = model
     self.config = model.config
     self.module = model.module
