@@ -11,8 +11,7 @@ Adding a family (ProtBert MLM, ELECTRA RTD, ...) = one adapter + one line in
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 from protjax.errors import InputError
 
