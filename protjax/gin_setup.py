@@ -15,6 +15,7 @@ import gin
 # Modules that may declare GIN_CONFIGURABLES; the ones not yet present are skipped.
 MODULES = (
     "protjax.models.t5",
+    "protjax.models.registry",
     "protjax.data.pipeline",
     "protjax.partitioning",
     "protjax.optim",

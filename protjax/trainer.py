@@ -760,4 +760,4 @@ def train(*,
                      start_step=start_step)
 
 
-GIN_CONFIGURABLES = (train, PipelineSource, registry.get_model)
+GIN_CONFIGURABLES = (train, PipelineSource)

@@ -8,8 +8,6 @@ ProtT5.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 
 import flax.linen as nn
 import jax
@@ -20,23 +18,6 @@ from flax.linen import partitioning as nn_partitioning
 from protjax import axes
 
 
-
-def enable_compilation_cache() -> None:
-  """Persistent XLA cache: each train() call rebuilds its jitted closures, and
-  the trainer tests run many small identical runs (and subprocesses), so
-  recompiling dominated their time (~20 s -> ~1 s per run on 2 busy cores).
-  Environment variables, so subprocesses share the cache."""
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
-      tempfile.gettempdir(), "protjax-test-xla-cache"))
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-  jax.config.update("jax_compilation_cache_dir",
-                    os.environ["JAX_COMPILATION_CACHE_DIR"])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-enable_compilation_cache()
 
 VOCAB = 32
 MASK_ID = 31
