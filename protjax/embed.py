@@ -617,3 +617,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{summary['residues']} residues in {summary['seconds']:.1f} s "
         f"({rate:.0f} residues/s)")
   return 0
+
+
+if __name__ == "__main__":
+  main()

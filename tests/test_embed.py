@@ -471,5 +471,6 @@ def test_titin_sized_protein_embeds(tiny, tmp_path):
   _, res = read_all(tmp_path / "r.h5")
   _, prot = read_all(tmp_path / "p.h5")
   assert res["titin"].shape == (35000, 32) and np.isfinite(res["titin"]).all()
-  np.testing.assert_allclose(prot["titin"], res["titin"].mean(0), atol=1e-5)
+  np.testing.assert_allclose(prot["titin"], res["titin"].astype(np.float64).mean(0),
+                             atol=1e-4)   # float32 sums over 35k rows
   assert grown_kib < 2 * 2**20        # < 2 GiB; dense attention scores alone: ~10 GiB
