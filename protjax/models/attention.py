@@ -119,8 +119,7 @@ def _einsum_attention(query, key, value, bias, mask, dropout_rate, dropout_rng, 
     p = jnp.where(mask, p, 0.0)
   weights = p / jnp.maximum(jnp.sum(p, axis=-1, keepdims=True), 1e-30)
   if dropout_rng is not None and dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    weights = layers.dropout(weights, dropout_rate, dropout_rng)
   out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value,
                    preferred_element_type=jnp.float32)
   return out.astype(dtype)

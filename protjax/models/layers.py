@@ -101,6 +101,83 @@ class RMSNorm(nn.Module):
     return jnp.asarray(y, self.dtype)
 
 
+def _threefry_words(rng: jax.Array, shape: tuple[int, ...]) -> list[jnp.ndarray] | None:
+  """Both 32-bit outputs of threefry2x32 per counter `[shape]`, or None if not threefry.
+
+  `jax.random.bits` XORs the two outputs of each threefry2x32 evaluation into
+  one word; keeping both halves the PRNG work per random bit. Counters are
+  the flat index of each element (as jax's partitionable threefry does), so
+  the draw is elementwise and shards like any elementwise op.
+  """
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    impl_name = str(jax.random.key_impl(rng))
+    data = jax.random.key_data(rng)
+  else:
+    impl_name = jax.config.jax_default_prng_impl
+    data = rng
+  if "threefry" not in impl_name or data.shape != (2,):
+    return None
+  from jax.extend.random import threefry2x32_p  # pylint: disable=import-outside-toplevel
+  data = data.astype(jnp.uint32)
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in range(len(shape) - 1, -1, -1):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+    stride *= shape[axis]
+  if stride >= 2 ** 32:
+    return None  # counters would wrap; use jax.random.bits
+  return list(threefry2x32_p.bind(data[0], data[1], jnp.zeros(shape, jnp.uint32), index))
+
+
+def dropout_keep_mask(rng: jax.Array, rate: float, shape: Sequence[int]) -> jnp.ndarray:
+  """Bernoulli(1 - rate) keep mask of `shape` (bool), four elements per threefry call.
+
+  `jax.random.bernoulli` spends a whole threefry2x32 evaluation (64 random
+  bits, XORed to 32) per element and converts it to a float. Dropout needs
+  far less resolution: each 64-bit threefry output is split into four 16-bit
+  integers compared against `round(rate * 2**16)`, a quarter of the PRNG
+  work and no float conversion. The drop probability is quantised to 1/65536
+  (0.1 -> 0.1000061). The words are drawn for the last axis divided by four
+  and interleaved along it, so a sharded array stays shard-local. With a
+  non-threefry PRNG, `jax.random.bits` words give two elements each.
+  Deterministic in `rng`, like every jax.random draw.
+  """
+  shape = tuple(shape)
+  lead, last = (shape[:-1], shape[-1]) if shape else ((), 1)
+  words = _threefry_words(rng, lead + (-(-last // 4),))
+  if words is None:
+    words = [jax.random.bits(rng, lead + (-(-last // 2),), jnp.uint32)]
+  halves = []
+  for w in words:
+    halves += [w & 0xFFFF, w >> 16]
+  per_word = len(halves)
+  u16 = jnp.stack(halves, axis=-1)  # [..., words, 2 or 4]
+  u16 = u16.reshape(lead + (per_word * u16.shape[-2],))[..., :last]
+  threshold = int(round(rate * 65536.0))
+  return (u16 >= jnp.uint32(threshold)).reshape(shape)
+
+
+def dropout(x: jnp.ndarray, rate: float, rng: jax.Array | None) -> jnp.ndarray:
+  """Inverted dropout: zero with probability `rate`, scale the rest by 1/(1-rate)."""
+  if rng is None or rate <= 0.0:
+    return x
+  if rate >= 1.0:
+    return jnp.zeros_like(x)
+  keep = dropout_keep_mask(rng, rate, x.shape)
+  return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+class Dropout(nn.Module):
+  """`flax.linen.Dropout` with `dropout_keep_mask` (rng stream 'dropout')."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+    if deterministic or self.rate <= 0.0:
+      return x
+    return dropout(x, self.rate, self.make_rng("dropout"))
+
+
 class MlpBlock(nn.Module):
   """T5 v1.0 feed-forward: `wo(dropout(relu(wi(x))))`, no gating, no biases.
 
@@ -117,7 +194,7 @@ class MlpBlock(nn.Module):
                      name="wi")(x)
     h = nn.relu(h)
     h = with_sharding_constraint(h, (axes.BATCH, axes.LENGTH, axes.ACT_MLP))
-    h = nn.Dropout(rate=self.dropout_rate)(h, deterministic=deterministic)
+    h = Dropout(rate=self.dropout_rate)(h, deterministic=deterministic)
     out = DenseGeneral(x.shape[-1], kernel_axes=(axes.MLP, axes.EMBED), dtype=self.dtype,
                        name="wo")(h)
     return out

@@ -205,7 +205,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, bias, mask, deterministic: bool):
     """`[batch, length, embed]` -> same."""
     cfg, dtype = self.config, self.config.compute_dtype
-    drop = nn.Dropout(rate=cfg.dropout_rate)
+    drop = layers.Dropout(rate=cfg.dropout_rate)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
     h = attn_lib.MultiHeadAttention(
         cfg.num_heads, cfg.d_kv, cfg.dropout_rate, cfg.attention_impl,
@@ -227,7 +227,7 @@ class DecoderLayer(nn.Module):
   def __call__(self, y, encoded, self_bias, self_mask, cross_mask, deterministic: bool):
     """`[batch, target, embed]`, `[batch, input, embed]` -> `[batch, target, embed]`."""
     cfg, dtype = self.config, self.config.compute_dtype
-    drop = nn.Dropout(rate=cfg.dropout_rate)
+    drop = layers.Dropout(rate=cfg.dropout_rate)
     attention = lambda name: attn_lib.MultiHeadAttention(
         cfg.num_heads, cfg.d_kv, cfg.dropout_rate, cfg.attention_impl,
         cfg.attention_block_size, dtype, name=name)
@@ -257,7 +257,7 @@ class Encoder(nn.Module):
     """`[batch, length]` int -> `[batch, length, embed]`."""
     cfg = self.config
     assert tokens.ndim == 2, tokens.shape
-    drop = nn.Dropout(rate=cfg.dropout_rate)
+    drop = layers.Dropout(rate=cfg.dropout_rate)
     x = self.shared_embedding(tokens)
     x = layers.with_sharding_constraint(x, _RESIDUAL)
     x = drop(x, deterministic=deterministic)
@@ -293,7 +293,7 @@ class Decoder(nn.Module):
     """
     cfg = self.config
     assert decoder_input_tokens.ndim == 2, decoder_input_tokens.shape
-    drop = nn.Dropout(rate=cfg.dropout_rate)
+    drop = layers.Dropout(rate=cfg.dropout_rate)
     y = self.shared_embedding(decoder_input_tokens)
     y = layers.with_sharding_constraint(y, _RESIDUAL)
     y = drop(y, deterministic=deterministic)
