@@ -794,9 +794,15 @@ def markdown(rep: dict) -> str:
   verdict = ("**PASSED**" if crit["passed"] else "**NOT MET**")
   L = []
   L.append("# Acid test: a small ProtT5 pretrained on CPU vs a random encoder of the same shape\n")
-  L.append(f"Produced by one run of `{rep['command']}` "
+  L.append(f"Produced by `{rep['command']}` "
            f"(started {rep['started_utc']}, finished {rep['finished_utc']}, "
            f"wall time {_fmt_minutes(rep['wall_seconds'])}).\n")
+  if rep.get("cached_stages"):
+    L.append(f"Stages {', '.join(rep['cached_stages'])} came from the caches of an earlier "
+             f"invocation on the same work dir; their times below are from when they ran "
+             f"(sum of all stage times: {_fmt_minutes(sum(rep['stage_seconds'].values()))}).\n")
+  for note in rep["settings"].get("note") or []:
+    L.append(f"Note (by the person who ran it): {note}\n")
   if rep.get("rerendered_utc"):
     L.append(f"Re-rendered {rep['rerendered_utc']} by the same script from that run's cached "
              f"stage results (no stage re-run; {rep.get('rerender_reason', '')}).\n")
@@ -913,8 +919,10 @@ def markdown(rep: dict) -> str:
       f" with local changes in {', '.join(m['git_dirty_files'])}" if m.get("git_dirty_files")
       else ""))
   for stage, s in rep["stage_seconds"].items():
-    L.append(f"- {stage}: {_fmt_minutes(s)}")
-  L.append(f"- total: {_fmt_minutes(rep['wall_seconds'])}")
+    L.append(f"- {stage}: {_fmt_minutes(s)}"
+             + (" (earlier invocation)" if stage in rep.get("cached_stages", []) else ""))
+  L.append(f"- sum of the stages: {_fmt_minutes(sum(rep['stage_seconds'].values()))}; wall time "
+           f"of the invocation that wrote this report: {_fmt_minutes(rep['wall_seconds'])}")
   return "\n".join(L) + "\n"
 
 
@@ -964,6 +972,8 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--investigation", action="append", default=[],
                   help="acid_test.json of another run (e.g. longer pretraining) to summarise "
                        "in an Investigation section (repeatable)")
+  ap.add_argument("--note", action="append", default=[],
+                  help="a sentence printed near the top of the report (repeatable)")
   ap.add_argument("--rerender_reason", default="",
                   help="stated in the report when every stage comes from the caches")
   return ap
@@ -1032,12 +1042,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   rep["wall_seconds"] = time.time() - t_start
   rep["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
   rep["investigations"] = [_investigation(p) for p in args.investigation]
+  rep["cached_stages"] = list(cached)
   if len(cached) == 5 and previous is not None:
     # Nothing ran: a re-render of the earlier run's report (its clock, machine
     # and command stand; the figures and text are redrawn).
     for key in ("command", "started_utc", "finished_utc", "wall_seconds", "machine"):
       rep[key] = previous[key]
     rep["stage_seconds"]["figures"] = previous["stage_seconds"].get("figures", 0.0)
+    rep["cached_stages"] = previous.get("cached_stages", [])
     rep["rerendered_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     rep["rerender_reason"] = args.rerender_reason
   write_json_atomic(os.path.join(args.out, f"{args.name}.json"), rep)
