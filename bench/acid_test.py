@@ -779,7 +779,24 @@ def copy_transition(pre: dict) -> Optional[str]:
           f"{100 * e1['accuracy']:.0f}% at step {s1}: only then did the decoder start copying "
           "the unmasked residues from the encoder (before, it was a left-to-right LM that all "
           "but ignored the encoder, so the encoder learned little). The masked-residue "
-          "accuracy only starts to climb after that.")
+          "accuracy can only climb after that (it first dips: a masked position has nothing "
+          "to copy).")
+
+
+def _slim_report(rep: dict, window: int = 10) -> dict:
+  """The report JSON with the per-step history as means over `window` steps
+  (the full per-step history stays in the work dir's stage cache)."""
+  out = dict(rep, pretraining=dict(rep["pretraining"]))
+  hist = sorted((int(s), m) for s, m in rep["pretraining"]["history"].items())
+  slim = {}
+  for i in range(0, len(hist), window):
+    chunk = hist[i:i + window]
+    keys = set.intersection(*(set(m) for _, m in chunk))
+    slim[str(chunk[-1][0])] = {k: float(np.mean([m[k] for _, m in chunk])) for k in sorted(keys)}
+  out["pretraining"]["history"] = slim
+  out["pretraining"]["history_note"] = (f"means over {window} consecutive steps, keyed by the "
+                                        "last step of each window")
+  return out
 
 
 def _fmt_minutes(s: float) -> str:
@@ -849,7 +866,7 @@ def markdown(rep: dict) -> str:
               f"{pre['stopped_by_budget_at']}" if pre['stopped_by_budget_at'] is not None
               else "ran to train.train_steps")
            + f"; training wall time {_fmt_minutes(pre['train_seconds'])} "
-           f"(≈ {pre['final_step'] * dc['batch_size'] / max(pre['train_seconds'], 1):.1f} "
+           f"(≈ {(pre['final_step'] - pre['start_step']) * dc['batch_size'] / max(pre['train_seconds'], 1):.1f} "
            f"sequences/s incl. compilation and evaluation).")
   L.append(f"- Optimiser: see the gin below (Adafactor, inverse-square-root schedule).\n")
   L.append(f"Held-out split ({ho['sequences']} sequences, {ho['masked_positions']} masked "
@@ -1052,7 +1069,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rep["cached_stages"] = previous.get("cached_stages", [])
     rep["rerendered_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     rep["rerender_reason"] = args.rerender_reason
-  write_json_atomic(os.path.join(args.out, f"{args.name}.json"), rep)
+  write_json_atomic(os.path.join(args.out, f"{args.name}.json"), _slim_report(rep))
   md = markdown(rep)
   ptrain.write_text_atomic(os.path.join(args.out, f"{args.name}.md"), md)
   print(results_table(probes))
