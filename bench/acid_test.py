@@ -8,7 +8,7 @@ One command, five stages (each cached in `--work_dir`, so a rerun resumes):
    objective (15% of residues -> <extra_id_0>, the decoder rebuilds the whole
    sequence) on the FASTA files in `<data>/pretraining/`; 5% of the sequences
    (by id hash, `DataConfig.validation_fraction`) are held out. Training stops
-   at `--train_minutes` of wall clock (SIGTERM to itself: the trainer saves a
+   at `--train_minutes` of wall clock (the trainer's `max_minutes`: it saves a
    checkpoint and returns) or at `train.train_steps`, whichever comes first.
    Then the masked-residue accuracy and loss of the final parameters are
    measured on the whole held-out split, beside a randomly initialised model
@@ -49,7 +49,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -276,23 +275,14 @@ def pretrain(args, work: str) -> dict:
   bindings += list(args.gin)
   gin_files = [args.gin_file] + ([args.model_gin] if args.model_gin else [])
   _parse_gin(gin_files, bindings)
-  budget_s = args.train_minutes * 60.0
   t0 = time.time()
-  state = {"signalled": None}
-
-  def budget_hook(step: int) -> None:
-    if state["signalled"] is None and time.time() - t0 > budget_s:
-      state["signalled"] = step
-      _log(f"pretraining budget of {args.train_minutes} min reached at step {step}: "
-           "stopping (SIGTERM -> checkpoint)")
-      os.kill(os.getpid(), signal.SIGTERM)
 
   _log(f"pretraining into {model_dir} (budget {args.train_minutes} min)")
   extra = {}
   if args.objective == "encoder_mlm":
     extra["model"] = EncoderMLM(gin.get_configurable(t5.T5Config)())
   result = gin.get_configurable(trainer.train)(config_str=gin.config_str(),
-                                               hooks=[budget_hook], **extra)
+                                               max_minutes=args.train_minutes, **extra)
   train_seconds = time.time() - t0
   config_str = gin.config_str()
   data_cfg = _data_config()
@@ -325,7 +315,7 @@ def pretrain(args, work: str) -> dict:
       "data_config": dataclasses.asdict(data_cfg),
       "param_count": {"total": int(total), "encoder": int(encoder)},
       "start_step": result.start_step, "final_step": result.step,
-      "stopped": result.stopped, "stopped_by_budget_at": state["signalled"],
+      "stopped": result.stopped, "stopped_by_budget_at": result.step if result.stopped == "time_limit" else None,
       "train_minutes_budget": args.train_minutes, "train_seconds": train_seconds,
       "history": history,
       "eval_history": {str(s): m for s, m in sorted(result.eval_history.items())},

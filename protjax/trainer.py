@@ -379,7 +379,8 @@ class TrainResult:
     state: final TrainState (device arrays).
     history: per-step host metrics, step -> {name: value}, this process only.
     eval_history: step -> averaged eval metrics.
-    stopped: None, or "preempted" when SIGTERM stopped the run.
+    stopped: None, "preempted" when SIGTERM stopped the run, or "time_limit"
+      when `max_minutes` did.
     start_step: the step the run started (or resumed) from.
   """
   step: int
@@ -560,6 +561,7 @@ def train(*,
           peak_flops: Optional[float] = None,
           init_from: Optional[str] = None,
           config_str: Optional[str] = None,
+          max_minutes: Optional[float] = None,
           hooks: Sequence[Callable[[int], None]] = ()) -> TrainResult:
   """Trains `model` to `train_steps`, resuming from `model_dir` if possible.
 
@@ -587,6 +589,9 @@ def train(*,
       source starts at its batch 0 at that step.
     config_str: text written to model_dir/config.gin (the entry point passes
       gin's resolved config).
+    max_minutes: wall-clock budget of this invocation: past it the run saves a
+      checkpoint and stops as on SIGTERM (rerunning continues), e.g. a
+      fixed-time benchmark or a job slot. None: no limit.
     hooks: called with the step number after each step (tests, profiling).
   """
   partitioner = partitioner or partitioning_lib.make_partitioner()
@@ -706,6 +711,8 @@ def train(*,
   if start_step >= train_steps and is_chief:
     print(f"{model_dir} is already at step {start_step} (train_steps="
           f"{train_steps}): nothing to do", flush=True)
+  deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+  timed_out = False
   with checkpoints_lib.PreemptionGuard() as guard:
     try:
       while step < train_steps:
@@ -735,6 +742,10 @@ def train(*,
           interval_start = time.perf_counter()  # eval is not step time
         for hook in hooks:
           hook(step)
+        if deadline is not None and not timed_out and time.monotonic() > deadline:
+          # Through the guard's flag, so that several hosts agree on the step.
+          timed_out = True
+          guard.request_stop()
         # Multi-host polling is a collective: only at log steps.
         poll = jax.process_count() == 1 or step % log_every == 0
         if not last and poll and guard.stop_requested(step):
@@ -744,9 +755,10 @@ def train(*,
           if last_saved != step:
             ckpt.save(step, state.params, state.opt_state, meta_base,
                       force=True)
-          stopped = "preempted"
+          stopped = "time_limit" if timed_out else "preempted"
           if is_chief:
-            print(f"stopping at step {step} (SIGTERM); checkpoint saved",
+            reason = f"max_minutes={max_minutes}" if timed_out else "SIGTERM"
+            print(f"stopping at step {step} ({reason}); checkpoint saved",
                   flush=True)
           break
       if pending is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -100,6 +101,19 @@ def test_sigterm_saves_at_the_step_reached(tmp_path):
   # ... and a restart resumes from it.
   resumed = _train(tmp_path, 10, save_every=5)
   assert resumed.start_step == 7 and resumed.step == 10
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_a_rerun_continues(tmp_path, capsys):
+  slow_steps = lambda step: time.sleep(0.5)  # 20 steps would take over 10 s
+  result = _train(tmp_path, 20, save_every=100, max_minutes=3 / 60, hooks=[slow_steps])
+  assert result.stopped == "time_limit"
+  assert 1 <= result.step < 20
+  assert f"stopping at step {result.step} (max_minutes=" in capsys.readouterr().out
+  ckpt = checkpoints.Checkpointer(tmp_path)
+  assert ckpt.latest_step() == result.step  # saved although no save step was due
+  ckpt.close()
+  resumed = _train(tmp_path, 20, save_every=100)
+  assert resumed.start_step == result.step and resumed.step == 20 and resumed.stopped is None
 
 
 class PoisonedData(trainer_toy.ToyData):
