@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+from flax import traverse_util
 import pytest
 from safetensors.numpy import load_file, save_file
 
@@ -14,19 +15,16 @@ from protjax.errors import InputError
 from protjax.models.t5 import get_config
 
 
-def flatten(tree, prefix=()):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, prefix + (k,)))
-    else:
-      out["/".join(prefix + (k,))] = np.asarray(v)
-  return out
+def flatten(tree):
+  """`{"a/b/c": leaf}` of a nested params dict (leaves unchanged)."""
+  return traverse_util.flatten_dict(tree, sep="/")
 
 
 def assert_trees_equal(a, b):
   fa, fb = flatten(a), flatten(b)
   assert sorted(fa) == sorted(fb)
+  fa = {k: np.asarray(v) for k, v in fa.items()}
+  fb = {k: np.asarray(v) for k, v in fb.items()}
   for k in fa:
     assert fa[k].dtype == fb[k].dtype, k
     np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)

@@ -11,6 +11,7 @@ import os
 import types
 
 import numpy as np
+from flax import traverse_util
 import pytest
 
 from protjax import export, hf_convert
@@ -39,14 +40,9 @@ def random_state_dict(config, kind, seed=0):
           for k, s in hf_convert.expected_hf_shapes(config, kind).items()}
 
 
-def flatten(tree, prefix=()):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, prefix + (k,)))
-    else:
-      out["/".join(prefix + (k,))] = v
-  return out
+def flatten(tree):
+  """`{"a/b/c": leaf}` of a nested params dict (leaves unchanged)."""
+  return traverse_util.flatten_dict(tree, sep="/")
 
 
 def tokenize(sequences, vocab=None):
