@@ -65,7 +65,7 @@ def test_mapping_gives_the_common_parameter_tree():
   params = hf_convert.from_hf_state_dict(random_state_dict(TINY_DIMS, "encoder_decoder"),
                                          TINY_DIMS, "encoder_decoder")
   shapes = {k: v.shape for k, v in flatten(params).items()}
-  # The tree of /work/notes/COMMON.md, with d_model 32, heads 2, kv 16, mlp 64.
+  # The tree in protjax/models/t5.py's docstring, with d_model 32, heads 2, kv 16, mlp 64.
   assert shapes["token_embedder/embedding"] == (128, 32)
   assert shapes["encoder/relpos_bias/rel_embedding"] == (2, 32)
   assert shapes["decoder/relpos_bias/rel_embedding"] == (2, 32)

@@ -6,7 +6,7 @@ which misses BERT's 10% random / 10% kept positions. These work on whole
 `[batch, length]` batches (one op per feature, no per-example work) and take
 the loss weights the objective computed.
 
-Feature names (COMMON.md contract), all int32 `[batch, length]`:
+Feature names (seqio's standard names), all int32 `[batch, length]`:
 - "encdec": encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
   decoder_loss_weights (+ encoder/decoder_segment_ids, encoder/decoder_positions
   when packed).

@@ -378,7 +378,7 @@ def get_dataset(task_name: str, *, split: str,
       validation_fraction, shuffle_buffer_size.
 
   Yields:
-    Feature dicts (COMMON.md names). Incomplete final batches are dropped.
+    Feature dicts (seqio's standard names). Incomplete final batches are dropped.
   """
   ds = build_dataset(task_name, split=split, sequence_length=sequence_length,
                      batch_size=batch_size, seed=seed, start_step=start_step,

@@ -5,8 +5,31 @@ scaled by `d_model**-0.5`), float32 RMS layer norm, no attention-logit
 scaling, one relative-position bias table per stack (32 buckets, max distance
 128) added in every layer of the stack, dropout after the embedding, inside
 the MLP, on the attention weights and after every sub-layer and the final
-norm (as HF transformers' T5). Parameter tree and API: /work/notes/COMMON.md
-(the `token_embedder` / `encoder` / `decoder` layout of t5x).
+norm (as HF transformers' T5).
+
+Parameter tree (`variables["params"]`; every kernel made with `param_with_axes`,
+so a `params_axes` collection holds its logical names; no biases anywhere):
+
+  token_embedder/embedding                              [vocab, embed]
+  encoder/relpos_bias/rel_embedding                     [heads, relpos_buckets]
+  encoder/layers_{i}/pre_attention_layer_norm/scale     [embed]
+  encoder/layers_{i}/attention/{query,key,value}/kernel [embed, heads, kv]
+  encoder/layers_{i}/attention/out/kernel               [heads, kv, embed]
+  encoder/layers_{i}/pre_mlp_layer_norm/scale           [embed]
+  encoder/layers_{i}/mlp/wi/kernel                      [embed, mlp]
+  encoder/layers_{i}/mlp/wo/kernel                      [mlp, embed]
+  encoder/encoder_norm/scale                            [embed]
+  decoder/relpos_bias/rel_embedding                     [heads, relpos_buckets]
+  decoder/layers_{i}/pre_self_attention_layer_norm/scale
+  decoder/layers_{i}/self_attention/{query,key,value,out}/kernel
+  decoder/layers_{i}/pre_cross_attention_layer_norm/scale
+  decoder/layers_{i}/encoder_decoder_attention/{query,key,value,out}/kernel
+  decoder/layers_{i}/pre_mlp_layer_norm/scale
+  decoder/layers_{i}/mlp/{wi,wo}/kernel
+  decoder/decoder_norm/scale
+
+`T5Encoder` has exactly the `token_embedder` and `encoder` subtrees
+(`protjax.hf_convert` maps this tree to and from Hugging Face T5 names).
 
 Packing: segment ids (0 = padding) restrict attention to the same protein,
 and positions (restarting at 0 per protein) give the relative buckets, so a
