@@ -2,6 +2,7 @@
 bad input, the seqio task path and the protjax-data CLI."""
 from __future__ import annotations
 
+import glob
 import itertools
 import numpy as np
 import pytest
@@ -41,6 +42,17 @@ def _batches(n, **kw):
 def _ids(source, split="train", shard=None):
   ds = source.get_dataset(split, shuffle=False, shard_info=shard)
   return [r["id"].decode() for r in ds.as_numpy_iterator()]
+
+
+def test_one_source_glob_string_equals_the_list_of_its_files(tmp_path):
+  files = _corpus(tmp_path)
+  pattern = str(tmp_path / "*.fasta")
+  assert sorted(glob.glob(pattern)) == sorted(files)
+  via_config = pipeline.DataConfig(sequence_length=64, batch_size=8, source_files=pattern)
+  [a] = itertools.islice(via_config.get_dataset("train"), 1)
+  [b] = _batches(1, source_files=files)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_t5_features_aligned(tmp_path):

@@ -287,6 +287,8 @@ def build_dataset(task_name: str, *, split: str, sequence_length, batch_size: in
   length = _length(sequence_length)
   max_res = objective.max_residues(length)
   source = spec.source
+  if isinstance(source_files, str):  # one glob from a flag or gin binding
+    source_files = [source_files]
   if source_files:
     source = source.replace(patterns=list(source_files))
   if validation_fraction is not None:
@@ -403,8 +405,8 @@ class DataConfig:
     pack: pack short proteins together (segment ids keep them apart).
     length_policy: "crop" (random window) or "drop" sequences that do not fit.
     feature_converter: None (objective's default), "encdec" or "encoder".
-    source_files: FASTA paths/globs for the corpus (required for uniref50,
-      uniref100, bfd; protjax never downloads).
+    source_files: FASTA paths/globs for the corpus, one string or a tuple
+      (required for uniref50, uniref100, bfd; protjax never downloads).
     validation_fraction: share of ids held out for "validation".
     mask_rate: None for the objective's default (0.15 t5/bert, 0.25 electra).
     map_rare_residues: map U Z O B to X before tokenising (ProtTrans default).
@@ -416,7 +418,7 @@ class DataConfig:
   pack: bool = False
   length_policy: str = "crop"
   feature_converter: Optional[str] = None
-  source_files: tuple[str, ...] = ()
+  source_files: tuple[str, ...] | str = ()
   validation_fraction: float = 0.05
   mask_rate: Optional[float] = None
   map_rare_residues: bool = True
@@ -433,7 +435,7 @@ class DataConfig:
         shard_info=shard_info, feature_converter=self.feature_converter, pack=self.pack,
         repeat=(split == "train") if repeat is None else repeat,
         length_policy=self.length_policy, mask_rate=self.mask_rate,
-        map_rare_residues=self.map_rare_residues, source_files=list(self.source_files) or None,
+        map_rare_residues=self.map_rare_residues, source_files=self.source_files or None,
         validation_fraction=self.validation_fraction,
         shuffle_buffer_size=self.shuffle_buffer_size)
 
