@@ -220,6 +220,27 @@ def _maybe_remat(cls, config: T5Config):
   return nn.remat(cls, static_argnums=(num_args - 1,))
 
 
+def _attention(cfg: T5Config, name: str) -> attn_lib.MultiHeadAttention:
+  """The attention sub-layer every encoder/decoder attention uses."""
+  return attn_lib.MultiHeadAttention(
+      cfg.num_heads, cfg.d_kv, cfg.dropout_rate, cfg.attention_impl,
+      cfg.attention_block_size, cfg.compute_dtype, name=name)
+
+
+def _residual_adder(cfg: T5Config, deterministic: bool):
+  """`add(x, h)`: x + dropout(h), clamped in float16, constrained as the residual stream.
+
+  Must be called inside a compact module: the Dropout it makes belongs to it.
+  """
+  drop = layers.Dropout(rate=cfg.dropout_rate)
+
+  def add(x, h):
+    x = layers.clamp_half(x + drop(h, deterministic=deterministic))
+    return layers.with_sharding_constraint(x, _RESIDUAL)
+
+  return add
+
+
 class EncoderLayer(nn.Module):
   """Pre-norm self-attention + ReLU MLP, each with dropout before the residual add."""
   config: T5Config
@@ -228,18 +249,13 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, bias, mask, deterministic: bool):
     """`[batch, length, embed]` -> same."""
     cfg, dtype = self.config, self.config.compute_dtype
-    drop = layers.Dropout(rate=cfg.dropout_rate)
+    add = _residual_adder(cfg, deterministic)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
-    h = attn_lib.MultiHeadAttention(
-        cfg.num_heads, cfg.d_kv, cfg.dropout_rate, cfg.attention_impl,
-        cfg.attention_block_size, dtype, name="attention")(
-            h, h, bias=bias, mask=mask, deterministic=deterministic)
-    x = layers.clamp_half(x + drop(h, deterministic=deterministic))
-    x = layers.with_sharding_constraint(x, _RESIDUAL)
+    h = _attention(cfg, "attention")(h, h, bias=bias, mask=mask, deterministic=deterministic)
+    x = add(x, h)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     h = layers.MlpBlock(cfg.d_ff, cfg.dropout_rate, dtype, name="mlp")(h, deterministic)
-    x = layers.clamp_half(x + drop(h, deterministic=deterministic))
-    return layers.with_sharding_constraint(x, _RESIDUAL)
+    return add(x, h)
 
 
 class DecoderLayer(nn.Module):
@@ -250,24 +266,18 @@ class DecoderLayer(nn.Module):
   def __call__(self, y, encoded, self_bias, self_mask, cross_mask, deterministic: bool):
     """`[batch, target, embed]`, `[batch, input, embed]` -> `[batch, target, embed]`."""
     cfg, dtype = self.config, self.config.compute_dtype
-    drop = layers.Dropout(rate=cfg.dropout_rate)
-    attention = lambda name: attn_lib.MultiHeadAttention(
-        cfg.num_heads, cfg.d_kv, cfg.dropout_rate, cfg.attention_impl,
-        cfg.attention_block_size, dtype, name=name)
+    add = _residual_adder(cfg, deterministic)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(y)
-    h = attention("self_attention")(h, h, bias=self_bias, mask=self_mask,
-                                    deterministic=deterministic)
-    y = layers.clamp_half(y + drop(h, deterministic=deterministic))
-    y = layers.with_sharding_constraint(y, _RESIDUAL)
+    h = _attention(cfg, "self_attention")(h, h, bias=self_bias, mask=self_mask,
+                                          deterministic=deterministic)
+    y = add(y, h)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(y)
-    h = attention("encoder_decoder_attention")(h, encoded, bias=None, mask=cross_mask,
-                                               deterministic=deterministic)
-    y = layers.clamp_half(y + drop(h, deterministic=deterministic))
-    y = layers.with_sharding_constraint(y, _RESIDUAL)
+    h = _attention(cfg, "encoder_decoder_attention")(h, encoded, bias=None, mask=cross_mask,
+                                                     deterministic=deterministic)
+    y = add(y, h)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(y)
     h = layers.MlpBlock(cfg.d_ff, cfg.dropout_rate, dtype, name="mlp")(h, deterministic)
-    y = layers.clamp_half(y + drop(h, deterministic=deterministic))
-    return layers.with_sharding_constraint(y, _RESIDUAL)
+    return add(y, h)
 
 
 class Encoder(nn.Module):
