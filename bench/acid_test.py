@@ -162,8 +162,18 @@ def _parse_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
 
 def _data_config():
   import gin
-  from protjax.data.pipeline import DataConfig
+  from protjax.data.config import DataConfig
   return gin.get_configurable(DataConfig)()
+
+
+def data_backend(choice: str) -> str:
+  """"auto": the seqio pipeline where TensorFlow and seqio are installed, else
+  the NumPy one (a bare GPU box); see protjax.data.numpy_pipeline."""
+  if choice != "auto":
+    return choice
+  import importlib.util
+  have_tf = all(importlib.util.find_spec(m) for m in ("tensorflow", "seqio"))
+  return "seqio" if have_tf else "numpy"
 
 
 class EncoderMLM:
@@ -269,7 +279,8 @@ def pretrain(args, work: str) -> dict:
   model_dir = os.path.join(work, "pretrain")
   files = pretraining_files(args.data)
   bindings = [f"train.model_dir = {model_dir!r}",
-              f"DataConfig.source_files = {tuple(files)!r}"]
+              f"DataConfig.source_files = {tuple(files)!r}",
+              f"DataConfig.backend = {data_backend(args.data_backend)!r}"]
   if args.objective == "encoder_mlm":
     bindings.append("DataConfig.feature_converter = 'encoder'")
   bindings += list(args.gin)
@@ -850,7 +861,8 @@ def markdown(rep: dict) -> str:
   L.append(f"- Corpus: {', '.join(os.path.basename(f) for f in pre['files'])}; task "
            f"`{dc['task_name']}` with these source files; {100 * dc['validation_fraction']:.0f}% "
            f"of the sequences held out by id hash; length {dc['sequence_length']} tokens incl. "
-           f"`</s>` (random crop of longer proteins), batch {dc['batch_size']}, no packing.")
+           f"`</s>` (random crop of longer proteins), batch {dc['batch_size']}, no packing; "
+           f"{dc.get('backend', 'seqio')} input pipeline.")
   L.append(f"- Steps: {pre['final_step']} (started at {pre['start_step']}); "
            + (f"stopped by the {pre['train_minutes_budget']}-minute wall-clock budget at step "
               f"{pre['stopped_by_budget_at']}" if pre['stopped_by_budget_at'] is not None
@@ -954,6 +966,9 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--objective", default="prott5", choices=("prott5", "encoder_mlm"),
                   help="prott5: ProtT5's (the acid test); encoder_mlm: an investigation "
                        "objective, the encoder alone predicts the masked residues")
+  ap.add_argument("--data_backend", default="auto", choices=("auto", "seqio", "numpy"),
+                  help="pretraining input pipeline; auto: seqio if TensorFlow is installed, "
+                       "else NumPy (same objective and split; see protjax.data.numpy_pipeline)")
   ap.add_argument("--train_minutes", type=float, default=40.0,
                   help="wall-clock budget of pretraining (incl. compilation)")
   ap.add_argument("--random_seed", type=int, default=1234,

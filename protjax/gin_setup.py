@@ -16,6 +16,7 @@ import gin
 MODULES = (
     "protjax.models.t5",
     "protjax.models.registry",
+    "protjax.data.config",
     "protjax.data.pipeline",
     "protjax.partitioning",
     "protjax.optim",
@@ -30,9 +31,16 @@ _registered: set[str] = set()
 def register_all() -> None:
   """Registers every module's GIN_CONFIGURABLES with gin (idempotent)."""
   for name in MODULES:
-    if importlib.util.find_spec(name) is None:
-      continue
-    module = importlib.import_module(name)
+    try:
+      if importlib.util.find_spec(name) is None:
+        continue
+      module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      # Without TensorFlow/seqio only the seqio data backend (and its task
+      # registry) is missing; DataConfig.backend = 'numpy' still runs.
+      if e.name in ("tensorflow", "seqio"):
+        continue
+      raise
     for obj in getattr(module, "GIN_CONFIGURABLES", ()):
       key = f"{obj.__module__}.{obj.__qualname__}"
       if key in _registered:

@@ -5,14 +5,25 @@ sequence is tokenised one residue per character. Upper-casing is a documented
 normalisation; the rare residues U Z O B are mapped to X by default
 (`map_rare_residues=False` keeps them), as ProtTrans does before tokenising.
 Spaces are ignored, so the Hugging Face convention "M K T" encodes like "MKT".
+
+seqio (and TensorFlow under it) is only needed by the data pipeline: where it
+is not installed (an inference or GPU box without TensorFlow), the same
+classes stand on a small plain-Python base with the same ids, so embedding,
+export and the NumPy data backend still work.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
+
+try:
+  import seqio
+  import tensorflow as tf
+except ModuleNotFoundError as e:
+  if e.name not in ("seqio", "tensorflow"):
+    raise
+  seqio = tf = None
 
 RARE_RESIDUES = "UZOB"
 
@@ -27,7 +38,26 @@ PROTBERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PROTBERT_RESIDUES = "LAGVESIKRDTPNQFYMHCWXUBZO"
 
 
-class ResidueVocabulary(seqio.Vocabulary):
+class _PlainVocabulary:
+  """The part of `seqio.Vocabulary` protjax uses, when seqio is absent:
+  `extra_ids` sentinels after the base ids, `encode` -> list of ids."""
+
+  def __init__(self, extra_ids: int = 0):
+    self._extra_ids = extra_ids
+
+  @property
+  def extra_ids(self) -> int:
+    return self._extra_ids
+
+  @property
+  def vocab_size(self) -> int:
+    return self._base_vocab_size + self._extra_ids
+
+  def encode(self, s: str) -> Sequence[int]:
+    return self._encode(s)
+
+
+class ResidueVocabulary(seqio.Vocabulary if seqio else _PlainVocabulary):
   """A one-character-per-token vocabulary: `specials` first, then `residues`."""
 
   def __init__(self, specials: Sequence[str], residues: str, *, pad_id: int,

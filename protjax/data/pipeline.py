@@ -30,9 +30,7 @@ duplicate ids are checked within a file only.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
-import zlib
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -41,17 +39,12 @@ import tensorflow as tf
 
 from protjax.data import feature_converters, preprocessors
 from protjax.data.preprocessors import Objective, make_objective
-from protjax.data.readers import read_fasta
+from protjax.data.readers import is_validation, read_fasta, resolve_files
 from protjax.errors import InputError
 
 SPLITS = ("train", "validation")
 LENGTH_POLICIES = ("crop", "drop")
 DEFAULT_SHUFFLE_BUFFER = 10_000
-
-
-def is_validation(record_id: str, fraction: float) -> bool:
-  """Deterministic hash split: True for ~`fraction` of ids."""
-  return zlib.crc32(record_id.encode("utf-8")) % 10_000 < round(fraction * 10_000)
 
 
 # Last InputError raised inside a tf.data generator: tf.data wraps it in an
@@ -128,16 +121,7 @@ class FastaSource(seqio.DataSource):
       raise InputError(f"no source files set for corpus {self.name!r}: pass FASTA paths or "
                        "globs (protjax-data --source, DataConfig.source_files, or "
                        f"PROTJAX_{self.name.upper()}_FILES)")
-    files = set()
-    for p in patterns:
-      p = os.path.expanduser(os.fspath(p))
-      matched = glob.glob(p) if glob.has_magic(p) else ([p] if os.path.exists(p) else [])
-      if not matched:
-        raise InputError(f"matches no file (corpus {self.name!r})", path=p)
-      files.update(m for m in matched if os.path.isfile(m))
-    if not files:
-      raise InputError(f"patterns {list(patterns)} match no regular file (corpus {self.name!r})")
-    return sorted(files)
+    return resolve_files(patterns, self.name)
 
   def list_shards(self, split: str) -> Sequence[str]:
     return self.files()
@@ -391,53 +375,6 @@ def get_dataset(task_name: str, *, split: str,
   return _numpy_batches(ds, f"{what} with batch_size {batch_size}")
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """Gin-bindable data settings (`DataConfig.task_name = "uniref50_t5"` ...).
-
-  Attributes:
-    task_name: registered task, `{corpus}_{objective}`.
-    sequence_length: tokens per example incl. `</s>` (512, 1024, 2048 by phase).
-    batch_size: examples per step. `get_dataset` here yields this many per
-      host unless `batch_size=` is passed; the trainer's PipelineSource treats
-      it as the global batch and passes batch_size / num_hosts.
-    seed: data seed.
-    pack: pack short proteins together (segment ids keep them apart).
-    length_policy: "crop" (random window) or "drop" sequences that do not fit.
-    feature_converter: None (objective's default), "encdec" or "encoder".
-    source_files: FASTA paths/globs for the corpus, one string or a tuple
-      (required for uniref50, uniref100, bfd; protjax never downloads).
-    validation_fraction: share of ids held out for "validation".
-    mask_rate: None for the objective's default (0.15 t5/bert, 0.25 electra).
-    map_rare_residues: map U Z O B to X before tokenising (ProtTrans default).
-  """
-  task_name: str = "protjax_sample_t5"
-  sequence_length: int = 512
-  batch_size: int = 8
-  seed: int = 0
-  pack: bool = False
-  length_policy: str = "crop"
-  feature_converter: Optional[str] = None
-  source_files: tuple[str, ...] | str = ()
-  validation_fraction: float = 0.05
-  mask_rate: Optional[float] = None
-  map_rare_residues: bool = True
-  shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER
-
-  def get_dataset(self, split: str = "train", *, start_step: int = 0,
-                  shard_info: Optional[seqio.ShardInfo] = None,
-                  repeat: Optional[bool] = None, batch_size: Optional[int] = None
-                  ) -> Iterator[dict[str, np.ndarray]]:
-    """`get_dataset` with these settings; repeat defaults to split == "train"."""
-    return get_dataset(
-        self.task_name, split=split, sequence_length=self.sequence_length,
-        batch_size=batch_size or self.batch_size, seed=self.seed, start_step=start_step,
-        shard_info=shard_info, feature_converter=self.feature_converter, pack=self.pack,
-        repeat=(split == "train") if repeat is None else repeat,
-        length_policy=self.length_policy, mask_rate=self.mask_rate,
-        map_rare_residues=self.map_rare_residues, source_files=self.source_files or None,
-        validation_fraction=self.validation_fraction,
-        shuffle_buffer_size=self.shuffle_buffer_size)
-
-
-GIN_CONFIGURABLES = (DataConfig,)
+# DataConfig lives in a TensorFlow-free module (it also drives the NumPy
+# backend); kept importable from here.
+from protjax.data.config import DataConfig  # noqa: E402  pylint: disable=wrong-import-position

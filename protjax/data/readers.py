@@ -29,10 +29,12 @@ Formats:
 from __future__ import annotations
 
 import csv
+import glob
 import gzip
 import io
 import os
 import re
+import zlib
 from typing import Iterator, Optional, TextIO
 
 from protjax.errors import InputError
@@ -311,3 +313,26 @@ def read_deeploc_labels_csv(path: str | os.PathLike) -> dict[str, str]:
   if not out:
     raise InputError("no label rows", path=path)
   return out
+
+
+def is_validation(record_id: str, fraction: float) -> bool:
+  """Deterministic hash split: True for ~`fraction` of ids (crc32 mod 10000)."""
+  return zlib.crc32(record_id.encode("utf-8")) % 10_000 < round(fraction * 10_000)
+
+
+def resolve_files(patterns, corpus: str) -> list[str]:
+  """Sorted, de-duplicated regular files matched by paths/globs `patterns`.
+
+  InputError naming the pattern that matches nothing (`corpus` names the
+  corpus in the message).
+  """
+  files = set()
+  for p in patterns:
+    p = os.path.expanduser(os.fspath(p))
+    matched = glob.glob(p) if glob.has_magic(p) else ([p] if os.path.exists(p) else [])
+    if not matched:
+      raise InputError(f"matches no file (corpus {corpus!r})", path=p)
+    files.update(m for m in matched if os.path.isfile(m))
+  if not files:
+    raise InputError(f"patterns {list(patterns)} match no regular file (corpus {corpus!r})")
+  return sorted(files)
