@@ -1,6 +1,6 @@
 """The end-to-end acid test: does a small ProtT5 pretrained here beat chance?
 
-  python bench/acid_test.py --data ../shared/data --train_minutes 35
+  python bench/acid_test.py --data ../shared/data
 
 One command, five stages (each cached in `--work_dir`, so a rerun resumes):
 
@@ -969,7 +969,7 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--data_backend", default="auto", choices=("auto", "seqio", "numpy"),
                   help="pretraining input pipeline; auto: seqio if TensorFlow is installed, "
                        "else NumPy (same objective and split; see protjax.data.numpy_pipeline)")
-  ap.add_argument("--train_minutes", type=float, default=40.0,
+  ap.add_argument("--train_minutes", type=float, default=50.0,
                   help="wall-clock budget of pretraining (incl. compilation)")
   ap.add_argument("--random_seed", type=int, default=1234,
                   help="init seed of the random-LM control")
@@ -978,8 +978,9 @@ def build_parser() -> argparse.ArgumentParser:
                   help="NetSurfP-2.0 training chains for the CNN probes (<=0: all)")
   ap.add_argument("--loc_train_proteins", type=int, default=300,
                   help="DeepLoc training proteins for the FNN probes (<=0: all)")
-  ap.add_argument("--ss_max_epochs", type=int, default=15)
-  ap.add_argument("--ss_patience", type=int, default=3)
+  # 500 chains are ~60 updates per epoch: the CNN needs tens of epochs.
+  ap.add_argument("--ss_max_epochs", type=int, default=300)
+  ap.add_argument("--ss_patience", type=int, default=10)
   ap.add_argument("--ss_batch_tokens", type=int, default=16384)
   ap.add_argument("--loc_max_epochs", type=int, default=200)
   ap.add_argument("--loc_patience", type=int, default=10)
