@@ -105,8 +105,8 @@ class PipelineSource:
                        f"by the {num_shards} hosts")
     shard_info = None
     if num_shards > 1:
-      import seqio  # pylint: disable=import-outside-toplevel
-      shard_info = seqio.ShardInfo(index=shard_index, num_shards=num_shards)
+      from protjax.data.config import ShardInfo  # pylint: disable=import-outside-toplevel
+      shard_info = ShardInfo(index=shard_index, num_shards=num_shards)
     return iter(self.data.get_dataset(
         self.split, start_step=start_step, shard_info=shard_info,
         repeat=self.repeat, batch_size=self.data.batch_size // num_shards))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from protjax.data import numpy_pipeline
-from protjax.data.config import DataConfig
+from protjax.data.config import DataConfig, ShardInfo
 from protjax.errors import InputError
 from protjax.vocab import ProtT5Vocabulary
 
@@ -102,16 +102,10 @@ def test_deterministic_and_resumable(tmp_path):
 def test_hosts_read_disjoint_shards(tmp_path):
   path = _corpus(tmp_path, n_records=120)
   files = [path]
-
-  class Shard:
-    def __init__(self, index):
-      self.index, self.num_shards = index, 2
-
-  seqs = [numpy_pipeline.load_split(files, "train", 0.05, s.index, s.num_shards)
-          for s in (Shard(0), Shard(1))]
+  seqs = [numpy_pipeline.load_split(files, "train", 0.05, i, 2) for i in (0, 1)]
   whole = numpy_pipeline.load_split(files, "train", 0.05)
   assert not set(seqs[0]) & set(seqs[1]) and sorted(seqs[0] + seqs[1]) == sorted(whole)
-  [b] = _take(_config(path, "numpy"), 1, shard_info=Shard(1))
+  [b] = _take(_config(path, "numpy"), 1, shard_info=ShardInfo(1, 2))
   assert b["encoder_input_tokens"].shape == (8, 64)
 
 

@@ -15,6 +15,14 @@ BACKENDS = ("seqio", "numpy")
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardInfo:
+  """This host's shard of the corpus; both backends read `index` and
+  `num_shards` only (as of `seqio.ShardInfo`, which works as well)."""
+  index: int
+  num_shards: int
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Gin-bindable data settings (`DataConfig.task_name = "uniref50_t5"` ...).
 
@@ -57,8 +65,7 @@ class DataConfig:
                   ) -> Iterator[dict[str, np.ndarray]]:
     """Batches with these settings; repeat defaults to split == "train".
 
-    shard_info: this host's `seqio.ShardInfo` (or anything with `index` and
-    `num_shards`), None on one host.
+    shard_info: this host's `ShardInfo` (or `seqio.ShardInfo`), None on one host.
     """
     if self.backend == "seqio":
       from protjax.data import pipeline as backend  # pylint: disable=import-outside-toplevel
