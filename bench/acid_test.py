@@ -729,6 +729,8 @@ def _investigation(path: str) -> dict:
   init_from = [b for b in pre["bindings"] if b.startswith("train.init_from")]
   return {
       "path": path, "command": r["command"], "objective": pre.get("objective", "prott5"),
+      "model": "d_model {d_model}, {num_encoder_layers}+{num_decoder_layers} layers".format(
+          **pre["model_config"]),
       "init_from": init_from[0] if init_from else None, "start_step": pre["start_step"],
       "final_step": pre["final_step"], "train_seconds": pre["train_seconds"],
       "heldout": pre["heldout"], "acid_criterion": r["acid_criterion"],
@@ -742,16 +744,34 @@ def _investigation(path: str) -> dict:
 
 def investigation_markdown(invs: list) -> list[str]:
   L = ["## Investigation: other runs of this script\n",
-       "| run | objective | steps | held-out masked-residue acc. | trained CB513 Q3 | random "
-       "CB513 Q3 | diff / combined SE | criterion | trained DeepLoc Q10 |",
-       "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+       "| run | model | objective | steps | held-out masked-residue acc. | trained CB513 Q3 | "
+       "random CB513 Q3 | diff / combined SE | criterion | trained DeepLoc Q10 |",
+       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for inv in invs:
     c, t = inv["acid_criterion"], inv["table"]["trained_lm"]
     start = f"{inv['start_step']} → " if inv["start_step"] else ""
-    L.append(f"| `{inv['command']}` | {inv['objective']} | {start}{inv['final_step']} | "
+    L.append(f"| `{inv['command']}` | {inv.get('model', '')} | {inv['objective']} | "
+             f"{start}{inv['final_step']} | "
              f"{100 * inv['heldout']['masked_residue_accuracy']:.2f}% | {_cell(t['CB513_Q3'])} | "
              f"{_cell(inv['table']['random_lm']['CB513_Q3'])} | {c['ratio']:.1f} | "
              f"{'passed' if c['passed'] else 'not met'} | {_cell(t['DeepLoc_Q10'])} |")
+  return L + [""]
+
+
+def diagnostics_markdown(diag: dict) -> list[str]:
+  """`bench/acid_diagnostics.py`'s table (it writes <work_dir>/diagnostics.json)."""
+  L = ["## Diagnostics: what the CNN gets from each feature set\n",
+       "`python bench/acid_diagnostics.py --work_dir <work_dir>`: the same NetSurfP-2.0 subset "
+       "and CB513 residues, every feature standardised with the training residues' statistics; "
+       "logistic regressions (scikit-learn) and the CNN probe of the table above.\n",
+       "| features | residue identity from one position | linear Q3, one residue | linear Q3, "
+       "window of 7 | CNN Q3, standardised inputs |",
+       "| --- | --- | --- | --- | --- |"]
+  for kind, d in diag.items():
+    c = d["cnn_standardised_q3"]
+    L.append(f"| {KIND_LABELS.get(kind, kind)} | {d['identity_accuracy']:.1f}% | "
+             f"{d['linear_q3_one_residue']:.1f} | {d['linear_q3_window7']:.1f} | "
+             f"{c['accuracy']:.1f} ± {c['se']:.1f} |")
   return L + [""]
 
 
@@ -843,6 +863,8 @@ def markdown(rep: dict) -> str:
   L.append("")
   if rep.get("investigations"):
     L.extend(investigation_markdown(rep["investigations"]))
+  if rep.get("diagnostics"):
+    L.extend(diagnostics_markdown(rep["diagnostics"]))
   L.append("## Pretraining\n")
   L.append(f"- Model: ProtT5 (T5 v1.0: ReLU FFN, tied embeddings, RMS norm, relative "
            f"position bias), d_model {cfg['d_model']}, d_ff {cfg['d_ff']}, {cfg['num_heads']} "
@@ -1065,6 +1087,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   rep["wall_seconds"] = time.time() - t_start
   rep["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
   rep["investigations"] = [_investigation(p) for p in args.investigation]
+  diag_path = os.path.join(work, "diagnostics.json")
+  if os.path.exists(diag_path):
+    with open(diag_path) as f:
+      rep["diagnostics"] = json.load(f)
   rep["cached_stages"] = list(cached)
   if len(cached) == 5 and previous is not None:
     # Nothing ran: a re-render of the earlier run's report (its clock, machine

@@ -215,3 +215,29 @@ def test_encoder_mlm_loss_matches_numpy():
   acc = (logits.argmax(-1) == tok)[w].mean()
   assert float(metrics["masked_residue_accuracy"]) == pytest.approx(acc)
   assert float(metrics["num_tokens"]) == w.sum()
+
+
+def test_diagnostics_and_investigations_in_the_report(acid_run, tmp_path):
+  """bench/acid_diagnostics.py on the run's caches, then a re-render that lists
+  it and another run (here the same one) as an investigation."""
+  acid, argv, root, rep = acid_run
+  spec = importlib.util.spec_from_file_location("acid_diagnostics",
+                                                REPO / "bench" / "acid_diagnostics.py")
+  diag = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(diag)
+  work = root / "work"
+  assert diag.main(["--work_dir", str(work), "--ss_max_epochs", "2", "--ss_patience", "1"]) == 0
+  with open(work / "diagnostics.json") as f:
+    d = json.load(f)
+  assert sorted(d) == ["onehot", "random_lm", "trained_lm"]
+  # One-hot features name the residue exactly (X and rare letters aside).
+  assert d["onehot"]["identity_accuracy"] > 95.0
+  for kind in d:
+    assert 0.0 <= d[kind]["linear_q3_window7"] <= 100.0
+    assert d[kind]["cnn_standardised_q3"]["se"] >= 0.0
+  other = tmp_path / "other.json"
+  other.write_text((root / "out" / "acid_test.json").read_text())
+  assert acid.main(argv + ["--investigation", str(other)]) == 0
+  md = (root / "out" / "acid_test.md").read_text()
+  assert "## Diagnostics" in md and "## Investigation" in md
+  assert "d_model 32, 2+2 layers" in md
