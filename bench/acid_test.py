@@ -750,7 +750,7 @@ def investigation_markdown(invs: list) -> list[str]:
   for inv in invs:
     c, t = inv["acid_criterion"], inv["table"]["trained_lm"]
     start = f"{inv['start_step']} → " if inv["start_step"] else ""
-    L.append(f"| `{inv['command']}` | {inv.get('model', '')} | {inv['objective']} | "
+    L.append(f"| `{inv['command']}` | {inv['model']} | {inv['objective']} | "
              f"{start}{inv['final_step']} | "
              f"{100 * inv['heldout']['masked_residue_accuracy']:.2f}% | {_cell(t['CB513_Q3'])} | "
              f"{_cell(inv['table']['random_lm']['CB513_Q3'])} | {c['ratio']:.1f} | "

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 BACKENDS = ("seqio", "numpy")
+DEFAULT_SHUFFLE_BUFFER = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ class DataConfig:
   validation_fraction: float = 0.05
   mask_rate: Optional[float] = None
   map_rare_residues: bool = True
-  shuffle_buffer_size: int = 10_000
+  shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER
   backend: str = "seqio"
 
   def get_dataset(self, split: str = "train", *, start_step: int = 0,

@@ -38,13 +38,15 @@ import seqio
 import tensorflow as tf
 
 from protjax.data import feature_converters, preprocessors
+# DataConfig lives in a TensorFlow-free module (it also drives the NumPy
+# backend); re-exported here.
+from protjax.data.config import DEFAULT_SHUFFLE_BUFFER, DataConfig  # noqa: F401
 from protjax.data.preprocessors import Objective, make_objective
 from protjax.data.readers import is_validation, read_fasta, resolve_files
 from protjax.errors import InputError
 
 SPLITS = ("train", "validation")
 LENGTH_POLICIES = ("crop", "drop")
-DEFAULT_SHUFFLE_BUFFER = 10_000
 
 
 # Last InputError raised inside a tf.data generator: tf.data wraps it in an
@@ -373,8 +375,3 @@ def get_dataset(task_name: str, *, split: str,
   what = f"task {task_name!r} split {split!r}" + (
       f" shard {shard_info.index}/{shard_info.num_shards}" if shard_info else "")
   return _numpy_batches(ds, f"{what} with batch_size {batch_size}")
-
-
-# DataConfig lives in a TensorFlow-free module (it also drives the NumPy
-# backend); kept importable from here.
-from protjax.data.config import DataConfig  # noqa: E402  pylint: disable=wrong-import-position
