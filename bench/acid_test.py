@@ -272,8 +272,8 @@ def pretrain(args, work: str) -> dict:
   """Trains (or resumes) ProtT5-mini; returns curves, steps and held-out scores."""
   import gin
   import jax
-  from protjax import checkpoints, trainer
-  from protjax.export import config_from_dict
+  from protjax import trainer
+  from protjax.export import load_training_run
   from protjax.models import t5
 
   model_dir = os.path.join(work, "pretrain")
@@ -298,11 +298,7 @@ def pretrain(args, work: str) -> dict:
   config_str = gin.config_str()
   data_cfg = _data_config()
   gin.clear_config()
-  with open(os.path.join(model_dir, "model_config.json")) as f:
-    config = config_from_dict(json.load(f), ignore=("family", "kind"))
-  params = checkpoints.restore_params(model_dir)
-  if "params" in params and "token_embedder" not in params:
-    params = params["params"]
+  params, config = load_training_run(model_dir)
   _log(f"pretraining stopped at step {result.step} after {train_seconds / 60:.1f} min; "
        "held-out evaluation")
   model = EncoderMLM(config) if args.objective == "encoder_mlm" else None
@@ -339,12 +335,9 @@ def pretrain(args, work: str) -> dict:
 # --------------------------------------------------------------------------
 def export_encoders(args, work: str, pre: dict) -> dict:
   import jax
-  from protjax import checkpoints, export
+  from protjax import export
   from protjax.models import t5
-  config = export.config_from_dict(pre["model_config"])
-  params = checkpoints.restore_params(pre["model_dir"])
-  if "params" in params and "token_embedder" not in params:
-    params = params["params"]
+  params, config = export.load_training_run(pre["model_dir"])
   out = {}
   out["trained_lm"] = export.save_params_checkpoint(
       os.path.join(work, "encoders", "trained_lm"), params, config, kind="encoder",

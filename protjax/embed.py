@@ -251,10 +251,11 @@ def embed_loop(records: Sequence[tuple[str, str]], run_batch: RunBatch,
 # Model loading.
 # --------------------------------------------------------------------------
 def load_model(directory: str | os.PathLike):
-  """Loads encoder params from a protjax params checkpoint or a HF T5 dir.
+  """Loads encoder params from a params checkpoint, a HF T5 dir or a training run.
 
-  The format is auto-detected (`protjax.export.import_hf` recognises both);
-  a full encoder-decoder is reduced to its encoder.
+  The format is auto-detected: a protjax-train model_dir (its latest complete
+  checkpoint), else `protjax.export.import_hf` (params checkpoint or HF); a
+  full encoder-decoder is reduced to its encoder.
 
   Returns:
     `(params, config, kind)`, params the encoder-only subtrees
@@ -267,6 +268,9 @@ def load_model(directory: str | os.PathLike):
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
     raise InputError("model directory does not exist", path=directory)
+  if export.is_training_run(directory):
+    params, config = export.load_training_run(directory)
+    return export.encoder_params(params), config, export.ENCODER
   params, config, kind = export.import_hf(directory, kind="encoder")
   return export.encoder_params(params), config, kind
 
@@ -567,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
       "(params checkpoint or Hugging Face T5 directory). Outputs one HDF5 dataset "
       "per protein id; rerunning on the same output resumes.")
   p.add_argument("--model", required=True,
-                 help="encoder-only params checkpoint or HF T5 directory (auto-detected)")
+                 help="params checkpoint, HF T5 directory or protjax-train model_dir "
+                 "(its latest checkpoint); auto-detected")
   p.add_argument("--fasta", required=True, help="input FASTA (plain or .gz)")
   p.add_argument("--per_residue", help="output HDF5: [length, dim] per protein")
   p.add_argument("--per_protein", help="output HDF5: [dim] mean per protein")

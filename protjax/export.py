@@ -366,13 +366,29 @@ def import_hf(directory: str | os.PathLike, kind: Optional[str] = None
 
 
 # --- CLIs --------------------------------------------------------------------------
-def _load_model_dir(model_dir: str, step: Optional[int]) -> tuple[dict[str, Any], Any]:
-  """Params and config of a training run (`protjax.checkpoints`, model_config.json)."""
+TRAINING_CONFIG_FILE = "model_config.json"
+
+
+def is_training_run(directory: str | os.PathLike) -> bool:
+  """True for a protjax-train model_dir (model_config.json and checkpoints/)."""
+  directory = os.fspath(directory)
+  return (os.path.isfile(os.path.join(directory, TRAINING_CONFIG_FILE))
+          and os.path.isdir(os.path.join(directory, "checkpoints")))
+
+
+def load_training_run(model_dir: str | os.PathLike, step: Optional[int] = None
+                      ) -> tuple[dict[str, Any], Any]:
+  """Params and config of a training run (`protjax.checkpoints`, model_config.json).
+
+  `step`: a checkpoint step; default the latest complete one. Params are the
+  full tree the run trains (host arrays).
+  """
+  model_dir = os.fspath(model_dir)
   try:
     from protjax import checkpoints
   except ImportError as e:
     raise InputError(f"training checkpoints cannot be read here ({e})") from None
-  config_path = os.path.join(model_dir, "model_config.json")
+  config_path = os.path.join(model_dir, TRAINING_CONFIG_FILE)
   config = config_from_dict(_read_json(config_path), path=config_path,
                             ignore=("family", "kind"))
   try:
@@ -422,7 +438,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
   if args.format == "params" and args.dtype != "float32":
     raise InputError("--dtype applies to --format hf only (params checkpoints are float32)")
   if args.model_dir:
-    params, config = _load_model_dir(args.model_dir, args.step)
+    params, config = load_training_run(args.model_dir, args.step)
   else:
     params, config, _ = load_params_checkpoint(args.params_checkpoint)
   kind = ENCODER_DECODER if args.keep_decoder else ENCODER

@@ -313,6 +313,29 @@ def test_model_directories_are_auto_detected(tiny, model_dir, tmp_path):
     embed.load_model(tmp_path / "nowhere")
 
 
+def test_a_training_run_directory_loads_its_latest_encoder(tiny, embedder, tmp_path):
+  """`--model <protjax-train model_dir>`: the latest checkpoint, decoder dropped."""
+  import dataclasses
+  import json
+  from protjax import checkpoints
+  params, config = tiny
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "model_config.json").write_text(json.dumps(dataclasses.asdict(config)))
+  ckpt = checkpoints.Checkpointer(run, checkpoints.CheckpointConfig(async_save=False))
+  decoder = {"decoder": {"layers_0": {"kernel": np.ones((2, 2), np.float32)}}}
+  scrambled = {**params, "token_embedder": {
+      "embedding": params["token_embedder"]["embedding"][::-1].copy()}}
+  ckpt.save(5, {**scrambled, **decoder}, {"count": np.zeros((), np.int32)}, {}, force=True)
+  ckpt.save(9, {**params, **decoder}, {"count": np.ones((), np.int32)}, {}, force=True)
+  ckpt.close()
+  emb = embed.Embedder.from_directory(run, token_budget=TOKEN_BUDGET)
+  assert emb.model_name == "run" and set(emb.params) == {"token_embedder", "encoder"}
+  seqs = ["MKTAYIAKQR", "GSHMLEDPV"]
+  for a, b in zip(emb.embed_sequences(seqs), embedder.embed_sequences(seqs)):
+    np.testing.assert_array_equal(a, b)
+
+
 class Boom(RuntimeError):
   pass
 
