@@ -4,12 +4,13 @@
 
 One command, five stages (each cached in `--work_dir`, so a rerun resumes):
 
-1. pretrain: ProtT5-mini (`gin_configs/runs/acid_test.gin`) with the ProtT5
-   objective (15% of residues -> <extra_id_0>, the decoder rebuilds the whole
-   sequence) on the FASTA files in `<data>/pretraining/`; 5% of the sequences
-   (by id hash, `DataConfig.validation_fraction`) are held out. Training stops
-   at `--train_minutes` of wall clock (the trainer's `max_minutes`: it saves a
-   checkpoint and returns) or at `train.train_steps`, whichever comes first.
+1. pretrain: ProtT5-mini (`--model_gin`, then `gin_configs/runs/acid_test.gin`)
+   with the ProtT5 objective (15% of residues -> <extra_id_0>, the decoder
+   rebuilds the whole sequence) on the FASTA files in `<data>/pretraining/`;
+   5% of the sequences (by id hash, `DataConfig.validation_fraction`) are
+   held out. Training stops at `--train_minutes` of wall clock (the
+   trainer's `max_minutes`: it saves a checkpoint and returns) or at
+   `train.train_steps`, whichever comes first.
    Then the masked-residue accuracy and loss of the final parameters are
    measured on the whole held-out split, beside a randomly initialised model
    and the best constant guess.
@@ -284,7 +285,7 @@ def pretrain(args, work: str) -> dict:
   if args.objective == "encoder_mlm":
     bindings.append("DataConfig.feature_converter = 'encoder'")
   bindings += list(args.gin)
-  gin_files = [args.gin_file] + ([args.model_gin] if args.model_gin else [])
+  gin_files = [args.model_gin, args.gin_file]  # the run file overrides the model file
   _parse_gin(gin_files, bindings)
   t0 = time.time()
 
@@ -973,9 +974,10 @@ def build_parser() -> argparse.ArgumentParser:
                   help="checkpoints, encoders, embeddings, probe caches (not committed); "
                        "a rerun resumes from what is there")
   ap.add_argument("--gin_file", default=os.path.join(REPO, "gin_configs", "runs", "acid_test.gin"))
-  ap.add_argument("--model_gin", default=None,
-                  help="a size gin applied after --gin_file (default: the run gin's, "
-                       "prott5_mini)")
+  ap.add_argument("--model_gin",
+                  default=os.path.join(REPO, "gin_configs", "models", "prott5_mini.gin"),
+                  help="the model size gin, parsed before --gin_file (whose settings, "
+                       "e.g. dropout 0, apply to any size)")
   ap.add_argument("--gin", action="append", default=[],
                   help="extra gin binding, e.g. --gin 'DataConfig.batch_size=16' (repeatable)")
   ap.add_argument("--objective", default="prott5", choices=("prott5", "encoder_mlm"),

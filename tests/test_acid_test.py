@@ -130,6 +130,8 @@ def test_budget_stops_pretraining_and_heldout_eval(acid_run):
   assert pre["stopped_by_budget_at"] == 1
   assert 1 <= pre["final_step"] <= 3
   assert pre["model_config"]["d_model"] == 32  # --model_gin reached the model
+  # ... and the run file still overrides it (prott5_tiny.gin says dropout 0.1).
+  assert pre["model_config"]["dropout_rate"] == 0.0
   ho = pre["heldout"]
   assert ho["masked_positions"] > 0 and ho["sequences"] > 0
   assert 0.0 <= ho["masked_residue_accuracy"] <= 1.0
