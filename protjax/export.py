@@ -372,6 +372,8 @@ TRAINING_CONFIG_FILE = "model_config.json"
 def is_training_run(directory: str | os.PathLike) -> bool:
   """True for a protjax-train model_dir (model_config.json and checkpoints/)."""
   directory = os.fspath(directory)
+  # "checkpoints" is protjax.checkpoints.CHECKPOINT_SUBDIR, not imported here:
+  # that module pulls in orbax, which load_training_run reports if missing.
   return (os.path.isfile(os.path.join(directory, TRAINING_CONFIG_FILE))
           and os.path.isdir(os.path.join(directory, "checkpoints")))
 
