@@ -32,7 +32,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from protjax.probes import data as pdata  # noqa: E402
-from protjax.probes import metrics  # noqa: E402
 from protjax.probes import train as ptrain  # noqa: E402
 
 KINDS = ("trained_lm", "random_lm", "onehot")
@@ -104,8 +103,7 @@ def main(argv=None) -> int:
     r["linear_q3_window7"] = linear_q3(train, test, 3)
     fit, val = ptrain._split(train, None, cfg)  # pylint: disable=protected-access
     probe = ptrain.fit_residue(fit, val, model="cnn", config=cfg, progress=False)
-    q3 = metrics.score_residues(test.dssp3, ptrain.predict_residues(probe, test)["dssp3"],
-                                test.score_mask, ptrain.DSSP3_NAMES)
+    q3 = ptrain.evaluate_residue_set(probe, test)["Q3"]
     r["cnn_standardised_q3"] = {"accuracy": q3["accuracy"], "se": q3["se"],
                                 "best_epoch": probe.meta["best_epoch"]}
     out[kind] = r
