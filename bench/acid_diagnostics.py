@@ -101,7 +101,7 @@ def main(argv=None) -> int:
                                                  sequences["CB513.csv"])}
     r["linear_q3_one_residue"] = linear_q3(train, test, 0)
     r["linear_q3_window7"] = linear_q3(train, test, 3)
-    fit, val = ptrain._split(train, None, cfg)  # pylint: disable=protected-access
+    fit, val = ptrain.early_stopping_split(train, None, cfg)
     probe = ptrain.fit_residue(fit, val, model="cnn", config=cfg, progress=False)
     q3 = ptrain.evaluate_residue_set(probe, test)["Q3"]
     r["cnn_standardised_q3"] = {"accuracy": q3["accuracy"], "se": q3["se"],
@@ -110,8 +110,7 @@ def main(argv=None) -> int:
     print(f"{kind}: identity {r['identity_accuracy']:.1f}%, linear Q3 one residue {r['linear_q3_one_residue']:.1f}, window 7 "
           f"{r['linear_q3_window7']:.1f}; standardised CNN Q3 {q3['accuracy']:.2f} "
           f"+- {q3['se']:.2f}", flush=True)
-  with open(os.path.join(w, "diagnostics.json"), "w") as f:
-    json.dump(out, f, indent=1)
+  ptrain.write_text_atomic(os.path.join(w, "diagnostics.json"), json.dumps(out, indent=1))
   return 0
 
 

@@ -788,6 +788,10 @@ def copy_transition(pre: dict) -> Optional[str]:
             f"(held-out token accuracy ≤ {100 * max(e['accuracy'] for _, e in ev):.0f}% at every "
             "evaluation, i.e. a left-to-right LM that ignores the encoder).")
   s1, e1 = after[0]
+  if s1 == ev[0][0] and pre.get("start_step"):
+    return (f"The decoder was already copying the unmasked residues when this run began "
+            f"(held-out token accuracy {100 * e1['accuracy']:.0f}% at its first evaluation, "
+            f"step {s1}): the copy transition came in the run it continues.")
   before = [(s, e) for s, e in ev if s < s1 and e["accuracy"] < 0.25]
   prev = f" from {100 * before[-1][1]['accuracy']:.0f}% at step {before[-1][0]}" if before else ""
   return (f"Copy transition: held-out token accuracy rose{prev} to "

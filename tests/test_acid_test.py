@@ -243,3 +243,21 @@ def test_diagnostics_and_investigations_in_the_report(acid_run, tmp_path):
   md = (root / "out" / "acid_test.md").read_text()
   assert "## Diagnostics" in md and "## Investigation" in md
   assert "d_model 32, 2+2 layers" in md
+
+
+def test_copy_transition_placed_in_the_run_that_had_it():
+  """A fresh run names the step where copying began; a continuation that
+  starts already copying says the transition came in the run it continues."""
+  acid = _load_script()
+
+  def pre(start_step, accuracies):
+    return {"objective": "prott5", "start_step": start_step,
+            "eval_history": {str(s): {"accuracy": a} for s, a in accuracies}}
+
+  fresh = acid.copy_transition(pre(0, [(100, 0.15), (200, 0.21), (300, 0.6), (400, 0.8)]))
+  assert "rose from 21% at step 200 to 60% at step 300" in fresh
+  continued = acid.copy_transition(pre(9750, [(9800, 0.86), (9900, 0.87)]))
+  assert "already copying" in continued and "step 9800" in continued
+  assert "rose" not in continued
+  never = acid.copy_transition(pre(0, [(100, 0.15), (200, 0.2)]))
+  assert never.startswith("The decoder never learned")

@@ -363,7 +363,9 @@ def predict_proteins(probe: Probe, data: pdata.ProteinSet, *, batch_size: int = 
 
 
 # --- file-level API ------------------------------------------------------------
-def _split(data, val_data, config: TrainConfig):
+def early_stopping_split(data, val_data, config: TrainConfig):
+  """(training set, early-stopping set): `val_data` if given, else a seeded
+  `config.val_fraction` of `data`'s proteins (the same split for the same seed)."""
   if val_data is not None:
     return data, val_data
   tr, va = pdata.split_indices(len(data), config.val_fraction, config.seed)
@@ -386,7 +388,7 @@ def train_residue_probe(embeddings: str, labels: str, *, out_dir: Optional[str] 
   if val_labels is not None:
     val = pdata.load_residue_set(val_embeddings or embeddings, val_labels, dim=data.dim,
                                  model=data.embed_model)
-  train, val = _split(data, val, config)
+  train, val = early_stopping_split(data, val, config)
   probe = fit_residue(train, val, model=model, config=config, progress=progress)
   probe.meta["train_files"] = {"embeddings": os.fspath(embeddings), "labels": os.fspath(labels)}
   if out_dir is not None:
@@ -409,7 +411,7 @@ def train_protein_probe(embeddings: str, fasta: str, labels_csv: Optional[str] =
   if exclude_sequences:
     excl = set(exclude_sequences)
     data = data.subset([i for i, s in enumerate(data.sequences) if s not in excl])
-  train, val = _split(data, None, config)
+  train, val = early_stopping_split(data, None, config)
   probe = fit_protein(train, val, model=model, config=config, progress=progress)
   probe.meta["train_files"] = {"embeddings": os.fspath(embeddings), "labels": os.fspath(fasta)}
   probe.meta["n_excluded_overlap"] = n_loaded - len(data)
