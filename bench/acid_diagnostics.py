@@ -31,6 +31,7 @@ from sklearn.linear_model import LogisticRegression
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from protjax import files  # noqa: E402
 from protjax.probes import data as pdata  # noqa: E402
 from protjax.probes import train as ptrain  # noqa: E402
 
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     print(f"{kind}: identity {r['identity_accuracy']:.1f}%, linear Q3 one residue {r['linear_q3_one_residue']:.1f}, window 7 "
           f"{r['linear_q3_window7']:.1f}; standardised CNN Q3 {q3['accuracy']:.2f} "
           f"+- {q3['se']:.2f}", flush=True)
-  ptrain.write_text_atomic(os.path.join(w, "diagnostics.json"), json.dumps(out, indent=1))
+  files.write_text_atomic(os.path.join(w, "diagnostics.json"), json.dumps(out, indent=1))
   return 0
 
 

@@ -62,6 +62,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import probe_baselines as pb  # noqa: E402  (bench/probe_baselines.py)
+from protjax import files  # noqa: E402
 from protjax.data import readers  # noqa: E402
 from protjax.probes import data as pdata  # noqa: E402
 from protjax.probes import train as ptrain  # noqa: E402
@@ -85,7 +86,7 @@ def _log(msg: str) -> None:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  ptrain.write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=_jsonable))
+  files.write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=_jsonable))
 
 
 def _jsonable(x):
@@ -426,7 +427,7 @@ def make_probe_data(args, work: str) -> dict:
   n_loc = len(fresh) if args.loc_train_proteins <= 0 else min(args.loc_train_proteins,
                                                                len(fresh))
   pick = np.sort(rng.choice(fresh, n_loc, replace=False))
-  ptrain.write_text_atomic(
+  files.write_text_atomic(
       os.path.join(loc_dir, "deeploc_train_10class.fasta"),
       "".join(recs[i][0] + "\n" + "".join(l + "\n" for l in recs[i][1]) for i in pick))
   res_count = lambda ids, lens: int(sum(lens[i] for i in ids))
@@ -441,7 +442,7 @@ def make_probe_data(args, work: str) -> dict:
 
 def _csv_to_fasta(csv_path: str, fasta_path: str) -> None:
   """The chains of a NetSurfP CSV as FASTA, ids = the readers' ids (row index)."""
-  ptrain.write_text_atomic(fasta_path, "".join(
+  files.write_text_atomic(fasta_path, "".join(
       f">{rid}\n{seq}\n" for rid, seq, _ in readers.read_netsurfp_csv(csv_path)))
 
 
@@ -1102,7 +1103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rep["rerender_reason"] = args.rerender_reason
   write_json_atomic(os.path.join(args.out, f"{args.name}.json"), _slim_report(rep))
   md = markdown(rep)
-  ptrain.write_text_atomic(os.path.join(args.out, f"{args.name}.md"), md)
+  files.write_text_atomic(os.path.join(args.out, f"{args.name}.md"), md)
   print(results_table(probes))
   c = rep["acid_criterion"]
   _log(f"acid criterion {'PASSED' if c['passed'] else 'NOT MET'}: CB513 Q3 trained "

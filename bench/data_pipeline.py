@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -137,10 +136,8 @@ def main(argv=None) -> int:
   result = {"files": files, "machine": f"{platform.node()} ({cpu})", "cpu_count": os.cpu_count(), "load_avg_1min_before": load_before,
             "load_avg_1min_after": load_after, "target_examples_per_s": 5000, "results": rows}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)), suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(tmp, args.out)
+  from protjax.files import write_text_atomic  # pylint: disable=import-outside-toplevel
+  write_text_atomic(args.out, json.dumps(result, indent=2))
   print(f"wrote {args.out}")
   return 0
 

@@ -25,7 +25,6 @@ import pathlib
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 IMPLS = {"full": "einsum", "blockwise": "blockwise"}
@@ -149,10 +148,8 @@ def main(argv=None) -> int:
     out = {"device": device.device_kind, "platform": device.platform, "rows": rows}
     path = pathlib.Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-      json.dump(out, f, indent=2)
-    os.replace(tmp, path)
+    from protjax.files import write_text_atomic  # pylint: disable=import-outside-toplevel
+    write_text_atomic(path, json.dumps(out, indent=2))
   return 0
 
 

@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from protjax import featurize  # noqa: E402
+from protjax import files  # noqa: E402
 from protjax.data import readers  # noqa: E402
 from protjax.probes import data as pdata  # noqa: E402
 from protjax.probes import metrics  # noqa: E402
@@ -185,8 +186,8 @@ def main(argv=None) -> int:
     results["baselines"][kind] = r
   results["total_seconds"] = time.time() - t0
   md = markdown(results)
-  ptrain.write_text_atomic(args.out, json.dumps(results, indent=1))
-  ptrain.write_text_atomic(os.path.splitext(args.out)[0] + ".md", md)
+  files.write_text_atomic(args.out, json.dumps(results, indent=1))
+  files.write_text_atomic(os.path.splitext(args.out)[0] + ".md", md)
   print(md)
   return 0
 

@@ -81,6 +81,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from protjax import files  # noqa: E402
 from protjax import hf_convert  # noqa: E402
 from protjax import optim  # noqa: E402
 from protjax import partitioning  # noqa: E402
@@ -393,11 +394,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def write_json_atomic(path: str, obj: Any) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  files.write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 from protjax import checkpoints as checkpoints_lib
+from protjax import files
 from protjax import optim
 from protjax import partitioning as partitioning_lib
 from protjax.errors import InputError
@@ -342,12 +343,6 @@ def format_progress(step: int, train_steps: int, m: Mapping[str, float]
           f"MFU {f('mfu', '{:.1f}%', 100)}")
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
-
-
 def _to_global(batch: Mapping[str, np.ndarray], sharding) -> dict:
   """This host's rows of the global batch -> global jax arrays."""
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
@@ -509,12 +504,12 @@ def _write_run_files(model_dir: pathlib.Path, model: Model,
   """model_dir/config.gin (resolved gin) and model_config.json (the config)."""
   model_dir.mkdir(parents=True, exist_ok=True)
   if config_str is not None:
-    _write_atomic(model_dir / "config.gin", config_str)
+    files.write_text_atomic(model_dir / "config.gin", config_str)
   if dataclasses.is_dataclass(getattr(model, "config", None)):
     config = dataclasses.asdict(model.config)
     if getattr(model, "family", None):
       config["family"] = model.family
-    _write_atomic(model_dir / "model_config.json", json.dumps(
+    files.write_text_atomic(model_dir / "model_config.json", json.dumps(
         config, indent=2, sort_keys=True) + "\n")
 
 

@@ -23,6 +23,7 @@ import sys
 from typing import Optional, Sequence
 
 from protjax.errors import InputError, cli_main
+from protjax.files import write_text_atomic
 
 TASK_ALIASES = {"ss3ss8": "ss3ss8", "ss": "ss3ss8", "secondary_structure": "ss3ss8",
                 "location": "location", "localization": "location", "deeploc": "location"}
@@ -101,8 +102,8 @@ def _eval(args) -> int:
                            cb513=args.cb513, n_resamples=args.bootstrap)
   md = ptrain.report_markdown(report)
   md_path = os.path.splitext(args.out)[0] + ".md"
-  ptrain.write_text_atomic(args.out, json.dumps(report, indent=1))
-  ptrain.write_text_atomic(md_path, md)
+  write_text_atomic(args.out, json.dumps(report, indent=1))
+  write_text_atomic(md_path, md)
   print(md)
   return 0
 

@@ -505,22 +505,3 @@ def report_markdown(report: dict) -> str:
       lines.append(f"| {cls} | {_fmt(pc['precision'])} | {_fmt(pc['recall'])} | "
                    f"{pc['support']} |")
   return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` via a temp file in the same folder and a rename."""
-  path = os.path.abspath(path)
-  parent = os.path.dirname(path)
-  if not os.path.isdir(parent):
-    raise InputError("output folder does not exist", path=parent)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; reports are for sharing
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
