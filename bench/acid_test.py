@@ -672,7 +672,7 @@ def pooling_table(probes: dict) -> str:
   return "\n".join(lines)
 
 
-def standing(probes: dict) -> list[str]:
+def standing(probes: dict, probe_data: dict) -> list[str]:
   """Plain sentences: the trained LM against each other row, CB513 Q3 and DeepLoc Q10."""
   out = []
   t_ss = probes["ss"]["trained_lm"]["CB513"]["Q3"]
@@ -698,7 +698,8 @@ def standing(probes: dict) -> list[str]:
              "BFD + UniRef50, probes trained on the full NetSurfP-2.0 and DeepLoc training "
              "sets): " + ", ".join(gap) + ".")
   full = os.path.join(REPO, "bench", "results", "probe_baselines.json")
-  if os.path.exists(full):
+  ss = probe_data["netsurfp_train_chains"]
+  if ss["used"] < ss["of"] and os.path.exists(full):
     # The same baselines with the probes trained on the whole training files:
     # how much the probe-data subsampling here costs.
     with open(full) as f:
@@ -859,7 +860,7 @@ def markdown(rep: dict) -> str:
            "other folds; `Cytoplasm-Nucleus` not in Q10, U not in Q2), exactly as "
            "`bench/probe_baselines.py`.\n")
   L.append("Where the small model stands:\n")
-  L.extend(standing(probes))
+  L.extend(standing(probes, pd_))
   L.append("")
   if rep.get("investigations"):
     L.extend(investigation_markdown(rep["investigations"]))
