@@ -736,20 +736,23 @@ def _investigation(path: str) -> dict:
                     "DeepLoc_Q10": r["probes"]["loc"][k]["cv"]["Q10"]}
                 for k in LM_KINDS},
       "wall_seconds": r["wall_seconds"],
+      "ss_train_chains": r["probe_data"]["netsurfp_train_chains"]["used"],
   }
 
 
 def investigation_markdown(invs: list) -> list[str]:
   L = ["## Investigation: other runs of this script\n",
-       "| run | model | objective | steps | held-out masked-residue acc. | trained CB513 Q3 | "
-       "random CB513 Q3 | diff / combined SE | criterion | trained DeepLoc Q10 |",
-       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+       "| run | model | objective | steps | held-out masked-residue acc. | probe chains | "
+       "trained CB513 Q3 | random CB513 Q3 | diff / combined SE | criterion | "
+       "trained DeepLoc Q10 |",
+       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for inv in invs:
     c, t = inv["acid_criterion"], inv["table"]["trained_lm"]
     start = f"{inv['start_step']} → " if inv["start_step"] else ""
     L.append(f"| `{inv['command']}` | {inv['model']} | {inv['objective']} | "
              f"{start}{inv['final_step']} | "
-             f"{100 * inv['heldout']['masked_residue_accuracy']:.2f}% | {_cell(t['CB513_Q3'])} | "
+             f"{100 * inv['heldout']['masked_residue_accuracy']:.2f}% | "
+             f"{inv['ss_train_chains']:,} | {_cell(t['CB513_Q3'])} | "
              f"{_cell(inv['table']['random_lm']['CB513_Q3'])} | {c['ratio']:.1f} | "
              f"{'passed' if c['passed'] else 'not met'} | {_cell(t['DeepLoc_Q10'])} |")
   return L + [""]

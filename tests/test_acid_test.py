@@ -243,6 +243,8 @@ def test_diagnostics_and_investigations_in_the_report(acid_run, tmp_path):
   md = (root / "out" / "acid_test.md").read_text()
   assert "## Diagnostics" in md and "## Investigation" in md
   assert "d_model 32, 2+2 layers" in md
+  row = next(l for l in md.splitlines() if l.startswith("| `python bench/acid_test.py"))
+  assert "% | 20 | " in row  # the investigated run's NetSurfP-2.0 probe chains
 
 
 def test_copy_transition_placed_in_the_run_that_had_it():
