@@ -761,9 +761,9 @@ def investigation_markdown(invs: list) -> list[str]:
 def diagnostics_markdown(diag: dict) -> list[str]:
   """`bench/acid_diagnostics.py`'s table (it writes <work_dir>/diagnostics.json)."""
   L = ["## Diagnostics: what the CNN gets from each feature set\n",
-       "`python bench/acid_diagnostics.py --work_dir <work_dir>`: the same NetSurfP-2.0 training "
-       "chains and CB513 residues, every feature standardised with the training residues' statistics; "
-       "logistic regressions (scikit-learn) and the CNN probe of the table above.\n",
+       "`python bench/acid_diagnostics.py --work_dir <work_dir>`: the same NetSurfP-2.0 "
+       "training chains and CB513 residues, every feature standardised with the training "
+       "residues' statistics; logistic regressions (scikit-learn) and the CNN probe of the table above.\n",
        "| features | residue identity from one position | linear Q3, one residue | linear Q3, "
        "window of 7 | CNN Q3, standardised inputs |",
        "| --- | --- | --- | --- | --- |"]
@@ -856,8 +856,9 @@ def markdown(rep: dict) -> str:
            f"({crit['combined_se']:.2f}).\n")
   L.append("## Results (probes on frozen features; ± bootstrap SE over proteins)\n")
   L.append(results_table(probes) + "\n")
-  L.append("Q3/Q8: CNN probe trained on the NetSurfP-2.0 training chains below; scored on residues with "
-           "disorder==1 (CB513 also cb513_mask==1), pooled over residues. Q10/Q2: per-protein "
+  L.append("Q3/Q8: CNN probe trained on the NetSurfP-2.0 training chains below; scored on "
+           "residues with disorder==1 (CB513 also cb513_mask==1), pooled over residues. "
+           "Q10/Q2: per-protein "
            f"FNN on mean-pooled features, {probes['folds']}-fold cross-validation over the "
            "DeepLoc validation file (each fold trains on the DeepLoc training subset plus the "
            "other folds; `Cytoplasm-Nucleus` not in Q10, U not in Q2), exactly as "
@@ -935,8 +936,8 @@ def markdown(rep: dict) -> str:
   ss_used = (f"all {ss['of']:,}" if ss["used"] == ss["of"]
              else f"{ss['used']:,} of {ss['of']:,} (random, seed {pd_['seed']})")
   L.append(f"- Probe data: NetSurfP-2.0 training chains {ss_used} ({ss['residues']:,} residues; "
-           f"5% of them held out for early stopping); CB513 and TS115 whole; DeepLoc training proteins "
-           f"{pd_['deeploc_train']['used']} of the {pd_['deeploc_train']['not_in_validation_file']} "
+           f"5% of them held out for early stopping); CB513 and TS115 whole; DeepLoc training "
+           f"proteins {pd_['deeploc_train']['used']} of the {pd_['deeploc_train']['not_in_validation_file']} "
            f"(of {pd_['deeploc_train']['of']}) whose sequence is not in the validation file; "
            f"DeepLoc validation file whole ({pd_['deeploc_val']['proteins']} proteins).")
   L.append(f"- Embeddings: `protjax.embed.embed_fasta`, float32 compute, stored float16, full "

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader never sees a half-written report, config or cache.
 
-Every writer in protjax and bench/ goes through `write_text_atomic`, so an
-interrupted run leaves either the old file or the new one, never a torn one.
+The text files protjax and bench/ write (reports, JSON caches, run configs)
+go through `write_text_atomic`, so an interrupted run leaves either the old
+file or the new one, never a torn one.
 """
 from __future__ import annotations
 
