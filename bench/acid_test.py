@@ -897,7 +897,7 @@ def markdown(rep: dict) -> str:
            + f"; training wall time {_fmt_minutes(pre['train_seconds'])} "
            f"(≈ {(pre['final_step'] - pre['start_step']) * dc['batch_size'] / max(pre['train_seconds'], 1):.1f} "
            f"sequences/s incl. compilation and evaluation).")
-  L.append(f"- Optimiser: see the gin below (Adafactor, inverse-square-root schedule).\n")
+  L.append("- Optimiser and learning-rate schedule: the resolved gin below.\n")
   L.append(f"Held-out split ({ho['sequences']} sequences, {ho['masked_positions']} masked "
            "positions), deterministic:\n")
   L.append("| parameters | loss | cross-entropy | token accuracy | masked-residue accuracy |")
