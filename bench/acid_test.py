@@ -763,7 +763,8 @@ def diagnostics_markdown(diag: dict) -> list[str]:
   L = ["## Diagnostics: what the CNN gets from each feature set\n",
        "`python bench/acid_diagnostics.py --work_dir <work_dir>`: the same NetSurfP-2.0 "
        "training chains and CB513 residues, every feature standardised with the training "
-       "residues' statistics; logistic regressions (scikit-learn) and the CNN probe of the table above.\n",
+       "residues' statistics; logistic regressions (scikit-learn) and the CNN probe of the "
+       "table above.\n",
        "| features | residue identity from one position | linear Q3, one residue | linear Q3, "
        "window of 7 | CNN Q3, standardised inputs |",
        "| --- | --- | --- | --- | --- |"]
@@ -937,7 +938,8 @@ def markdown(rep: dict) -> str:
              else f"{ss['used']:,} of {ss['of']:,} (random, seed {pd_['seed']})")
   L.append(f"- Probe data: NetSurfP-2.0 training chains {ss_used} ({ss['residues']:,} residues; "
            f"5% of them held out for early stopping); CB513 and TS115 whole; DeepLoc training "
-           f"proteins {pd_['deeploc_train']['used']} of the {pd_['deeploc_train']['not_in_validation_file']} "
+           f"proteins {pd_['deeploc_train']['used']} of the "
+           f"{pd_['deeploc_train']['not_in_validation_file']} "
            f"(of {pd_['deeploc_train']['of']}) whose sequence is not in the validation file; "
            f"DeepLoc validation file whole ({pd_['deeploc_val']['proteins']} proteins).")
   L.append(f"- Embeddings: `protjax.embed.embed_fasta`, float32 compute, stored float16, full "
