@@ -333,6 +333,38 @@ def pretrain(args, work: str) -> dict:
   }
 
 
+def whole_run(pre: dict) -> dict:
+  """`pre` with the figures of the whole run, not only of the invocation that wrote it.
+
+  A run stopped by its budget or a killed session and started again resumes
+  from its last checkpoint; `pre` (the trainer's result) covers that last
+  invocation. The model dir's event files cover every invocation: from them
+  come the step the run started at, the earlier invocations' training time,
+  the evaluations of all, and the logged training means before this one.
+  """
+  from protjax import trainer
+  logdir = os.path.join(pre["model_dir"], "tensorboard")
+  log = trainer.read_run_log(logdir) if os.path.isdir(logdir) else None
+  if log is None or log.start_step is None:
+    return dict(pre, run_start_step=pre["start_step"], invocations=1,
+                earlier_invocations_seconds=0.0, earlier_history={})
+  evals = {}
+  for tag, by_step in log.scalars.items():
+    if tag.startswith("eval/"):
+      for s, v in by_step.items():
+        evals.setdefault(s, {})[tag[len("eval/"):]] = v
+  earlier = {}
+  for key in ("loss", "masked_residue_accuracy", "accuracy"):
+    for s, v in log.scalars.get(f"train/{key}", {}).items():
+      if s <= pre["start_step"]:
+        earlier.setdefault(str(s), {})[key] = v
+  return dict(pre, run_start_step=min(log.start_step, pre["start_step"]),
+              invocations=len(log.invocation_seconds),
+              earlier_invocations_seconds=float(sum(log.invocation_seconds[:-1])),
+              eval_history={str(s): evals[s] for s in sorted(evals)},
+              earlier_history=dict(sorted(earlier.items(), key=lambda kv: int(kv[0]))))
+
+
 # --------------------------------------------------------------------------
 # Stage 2: export.
 # --------------------------------------------------------------------------
@@ -580,6 +612,11 @@ def plot_pretraining(pre: dict, path: str) -> None:
                            (axes[1], 100 * macc, "masked_residue_accuracy",
                             "masked-residue accuracy (%)"),
                            (axes[2], 100 * tacc, "accuracy", "token accuracy, all targets (%)")):
+    earlier = sorted((int(s), m) for s, m in pre.get("earlier_history", {}).items()
+                     if key in m)
+    if earlier:
+      ax.plot([s for s, _ in earlier], [(1 if key == "loss" else 100) * m[key] for _, m in earlier],
+              color="0.55", lw=0.6, label="train (logged means, earlier invocations)")
     ax.plot(steps, y, color="0.8", lw=0.6, label="train (per step)")
     if len(steps) >= win:
       ax.plot(steps[win - 1:], smooth(y), color="C0", label=f"train ({win}-step mean)")
@@ -728,8 +765,9 @@ def _investigation(path: str) -> dict:
       "path": path, "command": r["command"], "objective": pre.get("objective", "prott5"),
       "model": "d_model {d_model}, {num_encoder_layers}+{num_decoder_layers} layers".format(
           **pre["model_config"]),
-      "init_from": init_from[0] if init_from else None, "start_step": pre["start_step"],
-      "final_step": pre["final_step"], "train_seconds": pre["train_seconds"],
+      "init_from": init_from[0] if init_from else None,
+      "start_step": pre.get("run_start_step", pre["start_step"]), "final_step": pre["final_step"],
+      "train_seconds": pre["train_seconds"] + pre.get("earlier_invocations_seconds", 0.0),
       "heldout": pre["heldout"], "acid_criterion": r["acid_criterion"],
       "table": {k: {"CB513_Q3": r["probes"]["ss"][k]["CB513"]["Q3"],
                     "TS115_Q3": r["probes"]["ss"][k]["TS115"]["Q3"],
@@ -795,7 +833,7 @@ def copy_transition(pre: dict) -> Optional[str]:
             f"(held-out token accuracy ≤ {100 * max(e['accuracy'] for _, e in ev):.0f}% at every "
             "evaluation, i.e. a left-to-right LM that ignores the encoder).")
   s1, e1 = after[0]
-  if s1 == ev[0][0] and pre.get("start_step"):
+  if s1 == ev[0][0] and pre.get("run_start_step", pre.get("start_step")):
     return (f"The decoder was already copying the unmasked residues when this run began "
             f"(held-out token accuracy {100 * e1['accuracy']:.0f}% at its first evaluation, "
             f"step {s1}): the copy transition came in the run it continues.")
@@ -891,11 +929,16 @@ def markdown(rep: dict) -> str:
            f"of the sequences held out by id hash; length {dc['sequence_length']} tokens incl. "
            f"`</s>` (random crop of longer proteins), batch {dc['batch_size']}, no packing; "
            f"{dc.get('backend', 'seqio')} input pipeline.")
-  L.append(f"- Steps: {pre['final_step']} (started at {pre['start_step']}); "
+  resumed = (f", in {pre['invocations']} invocations: this one resumed at {pre['start_step']} "
+             f"after {_fmt_minutes(pre['earlier_invocations_seconds'])} of training in the earlier "
+             "ones (from the event files)" if pre.get("invocations", 1) > 1 else "")
+  L.append(f"- Steps: {pre['final_step']} (started at "
+           f"{pre.get('run_start_step', pre['start_step'])}{resumed}); "
            + (f"stopped by the {pre['train_minutes_budget']}-minute wall-clock budget at step "
               f"{pre['stopped_by_budget_at']}" if pre['stopped_by_budget_at'] is not None
               else "ran to train.train_steps")
-           + f"; training wall time {_fmt_minutes(pre['train_seconds'])} "
+           + f"; training wall time {_fmt_minutes(pre['train_seconds'])}"
+           + (" in this invocation" if resumed else "") + " "
            f"(≈ {(pre['final_step'] - pre['start_step']) * dc['batch_size'] / max(pre['train_seconds'], 1):.1f} "
            f"sequences/s incl. compilation and evaluation).")
   L.append("- Optimiser and learning-rate schedule: the resolved gin below.\n")
@@ -1080,7 +1123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
          f"{(time.time() - t) / 60:.1f} min")
     return out
 
-  rep["pretraining"] = stage("pretrain", pretrain, args, work)
+  rep["pretraining"] = whole_run(stage("pretrain", pretrain, args, work))
   rep["encoders"] = stage("export", export_encoders, args, work, rep["pretraining"])
   rep["probe_data"] = stage("probe_data", make_probe_data, args, work)
   rep["embeddings"] = stage("embed", embed_probe_data, args, work, rep["probe_data"],

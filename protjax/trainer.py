@@ -327,6 +327,63 @@ class SummaryWriter:
     self._records.close()
 
 
+@dataclasses.dataclass
+class RunLog:
+  """A run's TensorBoard scalars, over every invocation that logged to it.
+
+  A run that is stopped (SIGTERM, a wall-clock budget, a killed session) and
+  started again resumes from its last checkpoint, and `TrainResult` covers
+  that last invocation only; the event files (one per invocation) cover all.
+
+  Attributes:
+    scalars: tag -> step -> value. An invocation killed between checkpoints
+      may have logged steps that its successor trains and logs again: the
+      later value is kept (resumption is deterministic, so they agree).
+    invocation_seconds: per event file, oldest first, the seconds from
+      opening it (after the model is built or restored) to its last event.
+  """
+  scalars: dict[str, dict[int, float]]
+  invocation_seconds: list[float]
+
+  @property
+  def start_step(self) -> Optional[int]:
+    """The step the first invocation started from (every invocation logs its
+    first step), or None when no training step was logged."""
+    steps = [s for tag, by_step in self.scalars.items()
+             if tag.startswith("train/") for s in by_step]
+    return min(steps) - 1 if steps else None
+
+
+def read_run_log(logdir: str | os.PathLike) -> RunLog:
+  """Reads the event files `SummaryWriter` wrote in `logdir` (no TensorFlow).
+
+  A record cut short by a killed process ends that file's reading.
+  """
+  import struct
+  from tensorboard.compat.proto import event_pb2
+  files_read = []
+  for path in pathlib.Path(logdir).glob("events.out.tfevents.*"):
+    data = path.read_bytes()
+    events, pos = [], 0
+    while pos + 12 <= len(data):  # u64 length, u32 crc, data, u32 crc
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      end = pos + 12 + length
+      if end + 4 > len(data):
+        break
+      events.append(event_pb2.Event.FromString(data[pos + 12:end]))
+      pos = end + 4
+    if events:
+      files_read.append(events)
+  files_read.sort(key=lambda events: events[0].wall_time)
+  scalars: dict[str, dict[int, float]] = {}
+  for events in files_read:
+    for event in events:
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, {})[int(event.step)] = value.simple_value
+  return RunLog(scalars=scalars, invocation_seconds=[
+      events[-1].wall_time - events[0].wall_time for events in files_read])
+
+
 def format_progress(step: int, train_steps: int, m: Mapping[str, float]
                     ) -> str:
   """The one-line console report."""

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -186,6 +187,31 @@ def test_rerun_resumes_with_same_numbers(acid_run):
   assert again["pretraining"]["final_step"] == rep["pretraining"]["final_step"]
   assert again["acid_criterion"] == rep["acid_criterion"]
   assert again["probes"]["ss"] == rep["probes"]["ss"]
+
+
+def test_resumed_pretraining_reports_the_whole_run(acid_run, tmp_path):
+  """Pretraining stopped and started again (a session ending mid-run) resumes
+  from its checkpoint; the report still gives the step the run started at,
+  its invocations and every evaluation, not only the last invocation's."""
+  acid, argv, root, rep = acid_run
+  first = rep["pretraining"]
+  assert (first["run_start_step"], first["invocations"]) == (first["start_step"], 1) == (0, 1)
+  work, out = tmp_path / "work", tmp_path / "out"
+  shutil.copytree(root / "work", work)
+  (work / "stage_pretrain.json").unlink()  # as if killed before the stage finished
+  moved = {"--work_dir": str(work), "--out": str(out)}
+  resumed_argv = [moved.get(prev, a) for prev, a in zip([None] + argv, argv)]
+  assert acid.main(resumed_argv) == 0
+  again = json.loads((out / "acid_test.json").read_text())["pretraining"]
+  assert again["start_step"] == first["final_step"] < again["final_step"]
+  assert (again["run_start_step"], again["invocations"]) == (0, 2)
+  assert again["earlier_invocations_seconds"] > 0
+  assert set(first["eval_history"]) < set(again["eval_history"])
+  for s, e in first["eval_history"].items():
+    assert again["eval_history"][s]["loss"] == pytest.approx(e["loss"])
+  md = (out / "acid_test.md").read_text()
+  assert (f"(started at 0, in 2 invocations: this one resumed at {first['final_step']} after"
+          in md)
 
 
 def test_encoder_mlm_loss_matches_numpy():

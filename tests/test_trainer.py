@@ -5,7 +5,6 @@ import json
 import os
 import pathlib
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -21,22 +20,6 @@ import trainer_toy
 
 TESTS = pathlib.Path(__file__).parent
 REPO = TESTS.parent
-
-
-def _read_scalars(logdir: pathlib.Path) -> dict[str, dict[int, float]]:
-  """Scalars from TensorBoard event files, parsed without TensorFlow."""
-  from tensorboard.compat.proto import event_pb2
-  out: dict[str, dict[int, float]] = {}
-  for path in sorted(logdir.glob("events.out.tfevents.*")):
-    data = path.read_bytes()
-    pos = 0
-    while pos < len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      for value in event.summary.value:
-        out.setdefault(value.tag, {})[event.step] = value.simple_value
-  return out
 
 
 def _toy_train(model_dir, steps, **kwargs):
@@ -65,7 +48,7 @@ def test_loss_falls_and_logs_are_written(tmp_path, capsys):
                 "MFU"):
     assert field in lines[-1]
   assert "MFU n/a" not in lines[-1]  # peak given: MFU is computed
-  scalars = _read_scalars(tmp_path / "tensorboard")
+  scalars = trainer.read_run_log(tmp_path / "tensorboard").scalars
   assert sorted(scalars["train/loss"]) == [1, 10, 20, 30]
   assert scalars["train/loss"][1] == result.history[0]["loss"]
   np.testing.assert_allclose(
@@ -128,6 +111,21 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for step in range(4, 10):
     assert resumed.history[step]["loss"] == straight.history[step]["loss"]
+  # The event files keep the whole run: the killed invocation logged step 1
+  # (each invocation logs its first step), the resumed one steps 5 and 10.
+  # A record cut short by a kill is skipped, not misread.
+  first_file = min((model_dir / "tensorboard").glob("events.out.tfevents.*"))
+  with open(first_file, "ab") as f:
+    f.write(b"\x40\x00\x00\x00\x00\x00\x00\x00\x00\x00")
+  log = trainer.read_run_log(model_dir / "tensorboard")
+  assert log.start_step == 0 and len(log.invocation_seconds) == 2
+  assert all(s >= 0 for s in log.invocation_seconds)
+  loss = log.scalars["train/loss"]
+  assert sorted(loss) == [1, 5, 10]
+  assert loss[1] == pytest.approx(straight.history[0]["loss"])
+  assert loss[5] == pytest.approx(resumed.history[4]["loss"])
+  np.testing.assert_allclose(loss[10], np.mean(
+      [straight.history[s]["loss"] for s in range(5, 10)]), rtol=1e-5)
 
 
 def test_flags():
@@ -173,7 +171,7 @@ def test_short_demo_loss_falls(tmp_path, clean_gin):
         "--gin.DataConfig.sequence_length=64",
         "--gin.make_partitioner.model_parallel=2"])
   assert exit_info.value.code == 0
-  loss = _read_scalars(model_dir / "tensorboard")["train/loss"]
+  loss = trainer.read_run_log(model_dir / "tensorboard").scalars["train/loss"]
   assert sorted(loss) == list(range(1, 25))
   assert loss[1] > 4.0  # ~ln(128) at the start
   assert np.mean([loss[s] for s in range(20, 25)]) < 0.8 * loss[1]
