@@ -633,8 +633,9 @@ def plot_pretraining(pre: dict, path: str) -> None:
     ax.set_xlabel("step")
     ax.set_title(name)
     ax.legend(fontsize=7)
+  start = pre.get("run_start_step", pre["start_step"])
   fig.suptitle(f"ProtT5 pretraining ({pre['param_count']['total'] / 1e6:.2f}M parameters, "
-               f"{pre['final_step']} steps)")
+               + (f"steps {start} → {pre['final_step']})" if start else f"{pre['final_step']} steps)"))
   fig.tight_layout()
   _savefig(fig, path)
 
@@ -930,8 +931,8 @@ def markdown(rep: dict) -> str:
            f"`</s>` (random crop of longer proteins), batch {dc['batch_size']}, no packing; "
            f"{dc.get('backend', 'seqio')} input pipeline.")
   resumed = (f", in {pre['invocations']} invocations: this one resumed at {pre['start_step']} "
-             f"after {_fmt_minutes(pre['earlier_invocations_seconds'])} of training in the earlier "
-             "ones (from the event files)" if pre.get("invocations", 1) > 1 else "")
+             f"after {_fmt_minutes(pre['earlier_invocations_seconds'])} of training before it "
+             "(read from the event files)" if pre.get("invocations", 1) > 1 else "")
   L.append(f"- Steps: {pre['final_step']} (started at "
            f"{pre.get('run_start_step', pre['start_step'])}{resumed}); "
            + (f"stopped by the {pre['train_minutes_budget']}-minute wall-clock budget at step "
