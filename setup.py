@@ -28,8 +28,10 @@ setup(
     version="0.1.0",
     description="ProtTrans-style protein language models in JAX/Flax: "
     "pretraining, export, embedding and frozen-embedding probes.",
-    packages=find_packages(include=["protjax", "protjax.*", "tasks", "tasks.*"]),
-    package_data={"protjax": ["data/sample/*", "../gin_configs/**/*.gin"]},
+    packages=find_packages(include=["protjax", "protjax.*", "tasks", "tasks.*",
+                                    "gin_configs", "gin_configs.*"]),
+    package_data={"protjax": ["data/sample/*"], "gin_configs": ["*.gin"],
+                  "gin_configs.models": ["*.gin"], "gin_configs.runs": ["*.gin"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -62,12 +62,9 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _search_paths(extra: Sequence[str]) -> list[str]:
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  paths = [str(pathlib.Path.cwd()), *extra, str(repo)]
-  installed = pathlib.Path(__file__).resolve().parent.parent / "gin_configs"
-  if installed.is_dir():
-    paths.append(str(installed.parent))
-  return paths
+  """Where relative gin paths resolve: the current directory, `extra`, and
+  the directory holding `gin_configs/` (the checkout, or site-packages)."""
+  return [str(pathlib.Path.cwd()), *extra, str(pathlib.Path(__file__).resolve().parents[1])]
 
 
 @cli_main

@@ -184,6 +184,21 @@ def test_short_demo_loss_falls(tmp_path, clean_gin):
   assert params["encoder"]["layers_0"]["mlp"]["wi"]["kernel"].shape == (32, 64)
 
 
+def test_gin_configs_resolve_from_any_directory(tmp_path):
+  """`gin_configs/...` (and the files it includes) resolve outside the
+  checkout through the installed package, without gin logging misses."""
+  script = ("import gin\n"
+            "from protjax import gin_setup\n"
+            "gin_setup.parse_gin(['gin_configs/runs/demo.gin'], [], finalize=False)\n"
+            "print(gin.query_parameter('DataConfig.task_name'),"
+            " gin.query_parameter('T5Config.d_model'))\n")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=dict(os.environ),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ["protjax_sample_t5", "32"]
+  assert "Path not found" not in proc.stderr
+
+
 @pytest.mark.parametrize("run, model_parallel, d_ff, task, batch", [
     ("pretrain.gin", 8, 2048, "bfd_t5", 2048),
     ("continue_pretrain.gin", 8, 2048, "uniref50_t5", 2048),
