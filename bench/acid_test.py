@@ -612,7 +612,7 @@ def plot_pretraining(pre: dict, path: str) -> None:
                            (axes[1], 100 * macc, "masked_residue_accuracy",
                             "masked-residue accuracy (%)"),
                            (axes[2], 100 * tacc, "accuracy", "token accuracy, all targets (%)")):
-    earlier = sorted((int(s), m) for s, m in pre.get("earlier_history", {}).items()
+    earlier = sorted((int(s), m) for s, m in pre["earlier_history"].items()
                      if key in m)
     if earlier:
       ax.plot([s for s, _ in earlier], [(1 if key == "loss" else 100) * m[key] for _, m in earlier],
@@ -633,7 +633,7 @@ def plot_pretraining(pre: dict, path: str) -> None:
     ax.set_xlabel("step")
     ax.set_title(name)
     ax.legend(fontsize=7)
-  start = pre.get("run_start_step", pre["start_step"])
+  start = pre["run_start_step"]
   fig.suptitle(f"ProtT5 pretraining ({pre['param_count']['total'] / 1e6:.2f}M parameters, "
                + (f"steps {start} → {pre['final_step']})" if start else f"{pre['final_step']} steps)"))
   fig.tight_layout()
@@ -762,6 +762,7 @@ def _investigation(path: str) -> dict:
     r = json.load(f)
   pre = r["pretraining"]
   init_from = [b for b in pre["bindings"] if b.startswith("train.init_from")]
+  # (Older reports, all of one invocation, lack the whole-run fields.)
   return {
       "path": path, "command": r["command"], "objective": pre.get("objective", "prott5"),
       "model": "d_model {d_model}, {num_encoder_layers}+{num_decoder_layers} layers".format(
@@ -834,7 +835,7 @@ def copy_transition(pre: dict) -> Optional[str]:
             f"(held-out token accuracy ≤ {100 * max(e['accuracy'] for _, e in ev):.0f}% at every "
             "evaluation, i.e. a left-to-right LM that ignores the encoder).")
   s1, e1 = after[0]
-  if s1 == ev[0][0] and pre.get("run_start_step", pre.get("start_step")):
+  if s1 == ev[0][0] and pre["run_start_step"]:
     return (f"The decoder was already copying the unmasked residues when this run began "
             f"(held-out token accuracy {100 * e1['accuracy']:.0f}% at its first evaluation, "
             f"step {s1}): the copy transition came in the run it continues.")
@@ -932,9 +933,9 @@ def markdown(rep: dict) -> str:
            f"{dc.get('backend', 'seqio')} input pipeline.")
   resumed = (f", in {pre['invocations']} invocations: this one resumed at {pre['start_step']} "
              f"after {_fmt_minutes(pre['earlier_invocations_seconds'])} of training before it "
-             "(read from the event files)" if pre.get("invocations", 1) > 1 else "")
+             "(read from the event files)" if pre["invocations"] > 1 else "")
   L.append(f"- Steps: {pre['final_step']} (started at "
-           f"{pre.get('run_start_step', pre['start_step'])}{resumed}); "
+           f"{pre['run_start_step']}{resumed}); "
            + (f"stopped by the {pre['train_minutes_budget']}-minute wall-clock budget at step "
               f"{pre['stopped_by_budget_at']}" if pre['stopped_by_budget_at'] is not None
               else "ran to train.train_steps")

@@ -279,7 +279,7 @@ def test_copy_transition_placed_in_the_run_that_had_it():
   acid = _load_script()
 
   def pre(start_step, accuracies):
-    return {"objective": "prott5", "start_step": start_step,
+    return {"objective": "prott5", "run_start_step": start_step,
             "eval_history": {str(s): {"accuracy": a} for s, a in accuracies}}
 
   fresh = acid.copy_transition(pre(0, [(100, 0.15), (200, 0.21), (300, 0.6), (400, 0.8)]))
