@@ -187,16 +187,24 @@ class EncoderMLM:
   subtrees of the ProtT5 tree, so export and embedding are unchanged.
   """
 
-  def __init__(self, config):
+  def __init__(self, config, seed_params=None):
+    """seed_params: encoder params (t5.encoder_params of a ProtT5 run) to start
+    from instead of a random init; the optimiser and step start fresh."""
     from protjax.models import t5
     self.config = config
     self.module = t5.T5Encoder(config)
+    self.seed_params = seed_params
 
   def init_variables(self, rng, batch_shapes) -> dict:
+    import jax
     import jax.numpy as jnp
     tokens = jnp.ones((1, batch_shapes["encoder_input_tokens"][1]), jnp.int32)
     variables = self.module.init({"params": rng}, tokens, deterministic=True)
-    return {"params": variables["params"], "params_axes": variables["params_axes"]}
+    params = variables["params"]
+    if self.seed_params is not None:
+      params = jax.tree.map(lambda fresh, seed: jnp.asarray(seed, fresh.dtype),
+                            params, self.seed_params)
+    return {"params": params, "params_axes": variables["params_axes"]}
 
   def loss_fn(self, params, batch, dropout_rng):
     import jax.numpy as jnp
@@ -271,6 +279,19 @@ def heldout_eval(params, config, data_cfg, max_batches: int = 1000, model=None) 
   return out
 
 
+def _seed_encoder(model_dir: Optional[str], config):
+  """The encoder params of a ProtT5 run's latest checkpoint (None: no seed)."""
+  if not model_dir:
+    return None
+  from protjax.export import load_training_run
+  from protjax.models import t5
+  params, seed_config = load_training_run(model_dir)
+  if seed_config != config:
+    raise SystemExit(f"--seed_encoder_from {model_dir}: its model config differs from "
+                     f"this run's ({seed_config} vs {config}); pass the same --model_gin")
+  return t5.encoder_params(params)
+
+
 def pretrain(args, work: str) -> dict:
   """Trains (or resumes) ProtT5-mini; returns curves, steps and held-out scores."""
   import gin
@@ -294,7 +315,8 @@ def pretrain(args, work: str) -> dict:
   _log(f"pretraining into {model_dir} (budget {args.train_minutes} min)")
   extra = {}
   if args.objective == "encoder_mlm":
-    extra["model"] = EncoderMLM(gin.get_configurable(t5.T5Config)())
+    config = gin.get_configurable(t5.T5Config)()
+    extra["model"] = EncoderMLM(config, _seed_encoder(args.seed_encoder_from, config))
   result = gin.get_configurable(trainer.train)(config_str=gin.config_str(),
                                                max_minutes=args.train_minutes, **extra)
   train_seconds = time.time() - t0
@@ -319,7 +341,7 @@ def pretrain(args, work: str) -> dict:
              for s, m in sorted(result.history.items())}
   total, encoder = t5.param_count(config)
   return {
-      "objective": args.objective,
+      "objective": args.objective, "seed_encoder_from": args.seed_encoder_from,
       "model_dir": model_dir, "files": files, "gin_files": gin_files, "bindings": bindings,
       "config_str": config_str, "model_config": dataclasses.asdict(config),
       "data_config": dataclasses.asdict(data_cfg),
@@ -925,7 +947,10 @@ def markdown(rep: dict) -> str:
     L.append("- Objective: NOT ProtT5's (investigation run): ProtT5's masks (each residue → "
              "`<extra_id_0>` with probability 0.15), but the encoder alone predicts the masked "
              "residues through the tied embedding (BERT-style; no decoder; cross-entropy + 1e-4 "
-             "z-loss over masked positions).")
+             "z-loss over masked positions)."
+             + (f" The encoder started from the latest checkpoint of the ProtT5 run in "
+                f"`{pre['seed_encoder_from']}` (its decoder dropped; fresh optimiser, step 0)."
+                if pre.get("seed_encoder_from") else ""))
   L.append(f"- Corpus: {', '.join(os.path.basename(f) for f in pre['files'])}; task "
            f"`{dc['task_name']}` with these source files; {100 * dc['validation_fraction']:.0f}% "
            f"of the sequences held out by id hash; length {dc['sequence_length']} tokens incl. "
@@ -1042,6 +1067,9 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--objective", default="prott5", choices=("prott5", "encoder_mlm"),
                   help="prott5: ProtT5's (the acid test); encoder_mlm: an investigation "
                        "objective, the encoder alone predicts the masked residues")
+  ap.add_argument("--seed_encoder_from", default=None, metavar="MODEL_DIR",
+                  help="encoder_mlm only: start from the encoder of this ProtT5 run's latest "
+                       "checkpoint (fresh optimiser, step 0) instead of a random init")
   ap.add_argument("--data_backend", default="auto", choices=("auto", "seqio", "numpy"),
                   help="pretraining input pipeline; auto: seqio if TensorFlow is installed, "
                        "else NumPy (same objective and split; see protjax.data.numpy_pipeline)")
@@ -1082,6 +1110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
+  if args.seed_encoder_from and args.objective != "encoder_mlm":
+    raise SystemExit("--seed_encoder_from needs --objective encoder_mlm (a ProtT5 run "
+                     "continues with --gin train.init_from=MODEL_DIR)")
   args.data = os.path.abspath(args.data)
   work = os.path.abspath(args.work_dir)
   if args.fresh and os.path.exists(work):
