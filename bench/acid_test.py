@@ -189,7 +189,11 @@ class EncoderMLM:
 
   def __init__(self, config, seed_params=None):
     """seed_params: encoder params (t5.encoder_params of a ProtT5 run) to start
-    from instead of a random init; the optimiser and step start fresh."""
+    from instead of a random init; the optimiser and step start fresh, and the
+    logits come from a new zero-initialised `mlm_head` instead of the tied
+    embedding: a ProtT5 encoder's outputs are not in its embedding's space
+    (tied logits started at loss 856 with gradient norms of 500, which wrecked
+    the trained encoder within 200 steps)."""
     from protjax.models import t5
     self.config = config
     self.module = t5.T5Encoder(config)
@@ -200,11 +204,16 @@ class EncoderMLM:
     import jax.numpy as jnp
     tokens = jnp.ones((1, batch_shapes["encoder_input_tokens"][1]), jnp.int32)
     variables = self.module.init({"params": rng}, tokens, deterministic=True)
-    params = variables["params"]
+    params, axes = variables["params"], variables["params_axes"]
     if self.seed_params is not None:
+      from flax.linen import partitioning
       params = jax.tree.map(lambda fresh, seed: jnp.asarray(seed, fresh.dtype),
                             params, self.seed_params)
-    return {"params": params, "params_axes": variables["params_axes"]}
+      params = {**params, "mlm_head": {"kernel": jnp.zeros(
+          (self.config.d_model, self.config.vocab_size), jnp.float32)}}
+      axes = {**axes, "mlm_head": {"kernel_axes": partitioning.AxisMetadata(
+          names=("embed", "vocab"))}}
+    return {"params": params, "params_axes": axes}
 
   def loss_fn(self, params, batch, dropout_rng):
     import jax.numpy as jnp
@@ -213,9 +222,12 @@ class EncoderMLM:
     hidden = self.module.apply(
         {"params": params}, batch["encoder_input_tokens"], batch.get("encoder_segment_ids"),
         batch.get("encoder_positions"), deterministic=dropout_rng is None, rngs=rngs)
-    emb = params["token_embedder"]["embedding"]
-    logits = jnp.einsum("bld,vd->blv", hidden.astype(jnp.float32) * self.config.d_model ** -0.5,
-                        emb.astype(jnp.float32))
+    if "mlm_head" in params:
+      logits = hidden.astype(jnp.float32) @ params["mlm_head"]["kernel"]
+    else:
+      emb = params["token_embedder"]["embedding"]
+      logits = jnp.einsum("bld,vd->blv", hidden.astype(jnp.float32) * self.config.d_model ** -0.5,
+                          emb.astype(jnp.float32))
     return t5._loss_and_metrics(logits, {  # pylint: disable=protected-access
         "decoder_target_tokens": batch["encoder_target_tokens"],
         "decoder_loss_weights": batch["encoder_loss_weights"],
@@ -949,7 +961,8 @@ def markdown(rep: dict) -> str:
              "residues through the tied embedding (BERT-style; no decoder; cross-entropy + 1e-4 "
              "z-loss over masked positions)."
              + (f" The encoder started from the latest checkpoint of the ProtT5 run in "
-                f"`{pre['seed_encoder_from']}` (its decoder dropped; fresh optimiser, step 0)."
+                f"`{pre['seed_encoder_from']}` (its decoder dropped; fresh optimiser, step 0), "
+                "and a new zero-initialised linear head, not the tied embedding, gives the logits."
                 if pre.get("seed_encoder_from") else ""))
   L.append(f"- Corpus: {', '.join(os.path.basename(f) for f in pre['files'])}; task "
            f"`{dc['task_name']}` with these source files; {100 * dc['validation_fraction']:.0f}% "
