@@ -190,7 +190,7 @@ class EncoderMLM:
   def __init__(self, config, seed_params=None):
     """seed_params: encoder params (t5.encoder_params of a ProtT5 run) to start
     from instead of a random init; the optimiser and step start fresh, and the
-    logits come from a new zero-initialised `mlm_head` instead of the tied
+    logits come from a new linear `mlm_head` instead of the tied
     embedding: a ProtT5 encoder's outputs are not in its embedding's space
     (tied logits started at loss 856 with gradient norms of 500, which wrecked
     the trained encoder within 200 steps)."""
@@ -209,8 +209,12 @@ class EncoderMLM:
       from flax.linen import partitioning
       params = jax.tree.map(lambda fresh, seed: jnp.asarray(seed, fresh.dtype),
                             params, self.seed_params)
-      params = {**params, "mlm_head": {"kernel": jnp.zeros(
-          (self.config.d_model, self.config.vocab_size), jnp.float32)}}
+      # LeCun-normal: logits start near unit scale (the encoder's outputs have
+      # RMS about 1), and Adafactor, whose steps scale with a parameter's RMS,
+      # can move the head (from zeros it barely moved in 160 steps).
+      head = jax.random.normal(jax.random.fold_in(rng, 1),
+                               (self.config.d_model, self.config.vocab_size), jnp.float32)
+      params = {**params, "mlm_head": {"kernel": head * self.config.d_model ** -0.5}}
       axes = {**axes, "mlm_head": {"kernel_axes": partitioning.AxisMetadata(
           names=("embed", "vocab"))}}
     return {"params": params, "params_axes": axes}
@@ -962,7 +966,7 @@ def markdown(rep: dict) -> str:
              "z-loss over masked positions)."
              + (f" The encoder started from the latest checkpoint of the ProtT5 run in "
                 f"`{pre['seed_encoder_from']}` (its decoder dropped; fresh optimiser, step 0), "
-                "and a new zero-initialised linear head, not the tied embedding, gives the logits."
+                "and a new randomly initialised linear head, not the tied embedding, gives the logits."
                 if pre.get("seed_encoder_from") else ""))
   L.append(f"- Corpus: {', '.join(os.path.basename(f) for f in pre['files'])}; task "
            f"`{dc['task_name']}` with these source files; {100 * dc['validation_fraction']:.0f}% "
