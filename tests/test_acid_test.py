@@ -245,6 +245,48 @@ def test_encoder_mlm_loss_matches_numpy():
   assert float(metrics["num_tokens"]) == w.sum()
 
 
+def test_encoder_mlm_seeded_from_a_prott5_run(acid_run, tmp_path):
+  """--seed_encoder_from: the encoder-only investigation starts from the ProtT5
+  run's encoder (fresh head and optimiser), not from a random init; a run of
+  another shape is refused."""
+  import jax
+  from protjax.export import load_training_run
+  from protjax.models import t5
+  acid, argv, root, _ = acid_run
+  seed_dir = root / "work" / "pretrain"
+  seed = t5.encoder_params(load_training_run(seed_dir)[0])
+  moved = {"--work_dir": str(tmp_path / "work"), "--out": str(tmp_path / "out")}
+  mlm_argv = [moved.get(prev, a) for prev, a in zip([None] + argv, argv)]
+  mlm_argv += ["--objective", "encoder_mlm", "--seed_encoder_from", str(seed_dir),
+               "--gin", "inverse_sqrt_schedule.base_rate = 1e-8"]  # steps that barely move
+  args = acid.build_parser().parse_args(mlm_argv)
+  pre = acid.pretrain(args, str(tmp_path / "work"))
+  assert pre["seed_encoder_from"] == str(seed_dir) and 1 <= pre["final_step"] <= 3
+  params, config = load_training_run(tmp_path / "work" / "pretrain")
+  assert sorted(params) == ["encoder", "mlm_head", "token_embedder"]
+  assert params["mlm_head"]["kernel"].shape == (config.d_model, config.vocab_size)
+  # The encoder is the seed's (a step or two at rate 1e-8 barely moves it),
+  # not a random init of the same shape (the seed's one step at rate 0.03
+  # already moved every weight by far more than the tolerance).
+  fresh = acid.EncoderMLM(config).init_variables(
+      jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 8)})["params"]
+  for path, trained in _leaves(t5.encoder_params(params)):
+    np.testing.assert_allclose(trained, dict(_leaves(seed))[path], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(dict(_leaves(fresh))[path], dict(_leaves(seed))[path], rtol=1e-3)
+  # The report's objective line names the seed.
+  assert str(seed_dir) in acid.markdown({**acid_run[3], "pretraining": acid.whole_run(pre)})
+  # The seed must have this run's shape.
+  wide = mlm_argv + ["--gin", "T5Config.d_model = 48"]
+  with pytest.raises(SystemExit, match="model config differs"):
+    acid.pretrain(acid.build_parser().parse_args(wide), str(tmp_path / "work2"))
+
+
+def _leaves(tree):
+  import jax
+  return [(jax.tree_util.keystr(p), np.asarray(x))
+          for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+
+
 def test_diagnostics_and_investigations_in_the_report(acid_run, tmp_path):
   """bench/acid_diagnostics.py on the run's caches, then a re-render that lists
   it and another run (here the same one) as an investigation."""
