@@ -631,6 +631,53 @@ def acid_criterion(probes: dict) -> dict:
           "passed": bool(diff > 2 * se)}
 
 
+def _cb513_q3_per_protein(work: str, kind: str, probes: dict, probe_data: dict):
+  """Per-protein CB513 Q3 counts of `kind`'s probe: from its results, else by
+  re-scoring its saved probe (runs from before the counts were kept); None
+  when neither is there or the re-scored accuracy is not the reported one."""
+  q3 = probes["ss"][kind]["CB513"]["Q3"]
+  if "per_protein" in q3:
+    return q3["per_protein"]
+  probe_dir = os.path.join(work, "probes", f"probe_{kind}_cnn")
+  h5 = os.path.join(work, "probes", f"{kind}_CB513.h5")
+  if not (os.path.isdir(probe_dir) and os.path.exists(h5)):
+    return None
+  rescored = ptrain.evaluate(probe_dir, h5, os.path.join(probe_data["dir"], SS, "CB513.csv"),
+                             cb513=True, n_resamples=2)["metrics"]["Q3"]
+  if abs(rescored["accuracy"] - q3["accuracy"]) > 1e-9:
+    _log(f"{probe_dir} re-scores CB513 Q3 {rescored['accuracy']:.4f}, not the reported "
+         f"{q3['accuracy']:.4f}: no paired comparison for {kind}")
+    return None
+  return rescored["per_protein"]
+
+
+def paired_comparison(work: str, probes: dict, probe_data: dict) -> dict:
+  """Trained LM against each other feature set on CB513 Q3, both probes scored
+  on the same bootstrap resamples of proteins (metrics.paired_bootstrap_se).
+
+  Context for the criterion, not the criterion: the issue's test uses the
+  unpaired combined SE, which counts the proteins' shared difficulty twice.
+  """
+  from protjax.probes import metrics
+  trained = _cb513_q3_per_protein(work, "trained_lm", probes, probe_data)
+  out = {}
+  for kind in ("random_lm",) + BASELINE_KINDS:
+    other = _cb513_q3_per_protein(work, kind, probes, probe_data)
+    if trained is None or other is None:
+      out[kind] = None
+      continue
+    if trained["total"] != other["total"]:
+      raise ValueError(f"CB513 scored residues differ between trained_lm and {kind}")
+    diff = (probes["ss"]["trained_lm"]["CB513"]["Q3"]["accuracy"]
+            - probes["ss"][kind]["CB513"]["Q3"]["accuracy"])
+    se = metrics.paired_bootstrap_se(trained["correct"], other["correct"], trained["total"])
+    better = int(sum(a > b for a, b in zip(trained["correct"], other["correct"])))
+    worse = int(sum(a < b for a, b in zip(trained["correct"], other["correct"])))
+    out[kind] = {"difference": diff, "paired_se": se, "ratio": diff / se if se else float("nan"),
+                 "proteins_better": better, "proteins_worse": worse}
+  return out
+
+
 def plot_pretraining(pre: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -933,6 +980,15 @@ def markdown(rep: dict) -> str:
            f"{crit['random_q3']:.2f} ± {crit['random_se']:.2f}: difference "
            f"{crit['difference']:+.2f} points = {crit['ratio']:.1f} × the combined SE "
            f"({crit['combined_se']:.2f}).\n")
+  paired = [(kind, p) for kind, p in rep.get("paired", {}).items() if p]
+  if paired:
+    L.append("Paired, for context (not the criterion): both probes scored on the same "
+             "bootstrap resamples of CB513 proteins, so the chains' shared difficulty cancels; "
+             "the criterion's combined SE counts it twice. Trained LM "
+             + "; ".join(f"vs {KIND_LABELS[k]} {p['difference']:+.2f} ± {p['paired_se']:.2f} "
+                         f"points = {p['ratio']:+.1f} paired SE (better on "
+                         f"{p['proteins_better']} chains, worse on {p['proteins_worse']})"
+                         for k, p in paired) + ".\n")
   L.append("## Results (probes on frozen features; ± bootstrap SE over proteins)\n")
   L.append(results_table(probes) + "\n")
   L.append("Q3/Q8: CNN probe trained on the NetSurfP-2.0 training chains below; scored on "
@@ -1182,6 +1238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   probes["folds"] = args.folds
   rep["probes"] = probes
   rep["acid_criterion"] = acid_criterion(probes)
+  rep["paired"] = paired_comparison(work, probes, rep["probe_data"])
   t = time.time()
   rep["name"] = args.name
   plot_pretraining(rep["pretraining"], os.path.join(args.out, f"{args.name}_pretraining.png"))

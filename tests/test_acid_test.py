@@ -168,6 +168,29 @@ def test_table_and_criterion_consistent(acid_run):
   assert pd_["deeploc_train"]["used"] == 30
 
 
+def test_paired_comparison_and_rescoring_saved_probes(acid_run):
+  """The paired CB513 Q3 comparison: same difference as the criterion, an SE
+  from shared resamples, and the same figures when the per-protein counts
+  must come from re-scoring the saved probes (reports from before they were kept)."""
+  import copy
+  acid, _, root, rep = acid_run
+  crit, paired = rep["acid_criterion"], rep["paired"]
+  assert set(paired) == {"random_lm", "onehot", "blosum62"}
+  p = paired["random_lm"]
+  assert p["difference"] == pytest.approx(crit["difference"])
+  n = rep["probes"]["ss"]["trained_lm"]["CB513"]["Q3"]["n_proteins"]
+  assert p["paired_se"] > 0 and p["proteins_better"] + p["proteins_worse"] <= n
+  assert "paired SE (better on" in (root / "out" / "acid_test.md").read_text()
+  legacy = copy.deepcopy(rep["probes"])
+  for kind in legacy["ss"]:
+    del legacy["ss"][kind]["CB513"]["Q3"]["per_protein"]
+  assert acid.paired_comparison(str(root / "work"), legacy, rep["probe_data"]) == paired
+  # A saved probe that does not re-score to the reported accuracy is not used.
+  legacy["ss"]["onehot"]["CB513"]["Q3"]["accuracy"] += 0.5
+  again = acid.paired_comparison(str(root / "work"), legacy, rep["probe_data"])
+  assert again["onehot"] is None and again["random_lm"] == paired["random_lm"]
+
+
 def test_trained_and_random_embeddings_differ(acid_run):
   _, _, root, _ = acid_run
   from protjax import embeddings_io

@@ -78,3 +78,34 @@ def test_bootstrap_resamples_proteins_not_residues():
   # Proteins with no scored residue take no part: one protein left, no SE.
   assert np.isnan(metrics.bootstrap_se(np.array([8, 0]), np.array([10, 0])))
   assert metrics.bootstrap_se(np.array([8, 0]), np.array([10, 5])) > 10
+
+
+def test_paired_bootstrap_se_cancels_what_two_probes_share():
+  rng = np.random.default_rng(0)
+  n = 400
+  total = rng.integers(20, 200, n)
+  difficulty = rng.uniform(0.3, 0.95, n)  # per protein, shared by both probes
+  a = rng.binomial(total, difficulty)
+  b = np.maximum(a - rng.binomial(total, 0.02), 0)  # a few residues worse
+  unpaired = np.hypot(metrics.bootstrap_se(a, total), metrics.bootstrap_se(b, total))
+  paired = metrics.paired_bootstrap_se(a, b, total)
+  # The shared difficulty dominates each SE and cancels in the difference.
+  assert paired < unpaired / 5
+  # By hand: the SE of the pooled difference over the same resampled proteins.
+  idx = np.random.default_rng(metrics.BOOTSTRAP_SEED).integers(0, n, size=(1000, n))
+  by_hand = 100 * ((a - b)[idx].sum(1) / total[idx].sum(1)).std(ddof=1)
+  assert paired == pytest.approx(by_hand, rel=1e-9)
+  # Unrelated probes: nothing to cancel, the paired SE is the unpaired one.
+  c = rng.binomial(total, rng.uniform(0.3, 0.95, n))
+  unrelated = np.hypot(metrics.bootstrap_se(a, total), metrics.bootstrap_se(c, total))
+  assert metrics.paired_bootstrap_se(a, c, total) == pytest.approx(unrelated, rel=0.15)
+  assert metrics.paired_bootstrap_se(a, a, total) == 0.0
+
+
+def test_score_residues_keeps_per_protein_counts_in_order():
+  t = [np.array([0, 1, 2, 0]), np.array([1, 1]), np.array([2, 2, 2])]
+  p = [np.array([0, 1, 0, 0]), np.array([0, 0]), np.array([2, 2, 1])]
+  m = [np.array([True, True, True, False]), np.array([False, False]), np.ones(3, bool)]
+  s = metrics.score_residues(t, p, m, ["H", "E", "C"])
+  assert s["per_protein"] == {"correct": [2, 0, 2], "total": [3, 0, 3]}
+  assert s["accuracy"] == pytest.approx(100 * 4 / 6)

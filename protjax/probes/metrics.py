@@ -44,7 +44,26 @@ def bootstrap_se(correct: np.ndarray, total: np.ndarray, *, n_resamples: int = N
     correct: `[items]` correct predictions per item (protein).
     total: `[items]` scored predictions per item; items with 0 are ignored.
   """
-  correct = np.asarray(correct, np.float64)
+  return _resampled_se(np.asarray(correct, np.float64), total, n_resamples, seed)
+
+
+def paired_bootstrap_se(correct_a: np.ndarray, correct_b: np.ndarray, total: np.ndarray, *,
+                        n_resamples: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> float:
+  """Bootstrap SE (percent) of accuracy A - accuracy B, two predictors scored on
+  the same items: each resample draws the same proteins for both, so what
+  they share (a chain hard for one is hard for the other) cancels, where the
+  unpaired sqrt(se_a**2 + se_b**2) counts it twice.
+
+  Args:
+    correct_a, correct_b: `[items]` correct predictions per item of each.
+    total: `[items]` scored predictions per item (the same for both).
+  """
+  diff = np.asarray(correct_a, np.float64) - np.asarray(correct_b, np.float64)
+  return _resampled_se(diff, total, n_resamples, seed)
+
+
+def _resampled_se(correct: np.ndarray, total, n_resamples: int, seed: int) -> float:
+  """Std (ddof=1, percent) of sum(correct[idx]) / sum(total[idx]) over resamples."""
   total = np.asarray(total, np.float64)
   keep = total > 0
   correct, total = correct[keep], total[keep]
@@ -96,7 +115,9 @@ def score_residues(y_true: Sequence[np.ndarray], y_pred: Sequence[np.ndarray],
 
   Returns:
     dict: accuracy, se (percent), n_residues, n_proteins (with >= 1 scored
-    residue), per_class, confusion (list of lists, rows = true class).
+    residue), per_class, confusion (list of lists, rows = true class),
+    per_protein ({"correct", "total"}: scored residues of each protein, in
+    input order, for paired comparisons of two probes on the same set).
   """
   n_classes = len(class_names)
   correct = np.array([int(((t == p) & m).sum()) for t, p, m in zip(y_true, y_pred, masks)])
@@ -113,6 +134,7 @@ def score_residues(y_true: Sequence[np.ndarray], y_pred: Sequence[np.ndarray],
       "n_proteins": int((total > 0).sum()),
       "per_class": per_class(cm, class_names),
       "confusion": cm.tolist(),
+      "per_protein": {"correct": correct.tolist(), "total": total.tolist()},
   }
 
 
