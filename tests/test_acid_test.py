@@ -191,6 +191,26 @@ def test_paired_comparison_and_rescoring_saved_probes(acid_run):
   assert again["onehot"] is None and again["random_lm"] == paired["random_lm"]
 
 
+def test_probe_seeds_reproduce_the_run_and_retrain(acid_run, tmp_path):
+  """bench/acid_probe_seeds.py: its row for the run's own probe seed is the
+  report's CB513 figures; another seed retrains both probes."""
+  spec = importlib.util.spec_from_file_location("acid_probe_seeds",
+                                                REPO / "bench" / "acid_probe_seeds.py")
+  seeds = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(seeds)
+  _, _, root, rep = acid_run
+  out = tmp_path / "seeds.json"
+  assert seeds.main(["--work_dir", str(root / "work"), "--seeds", "0,3", "--out", str(out)]) == 0
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["seed"] for r in rows] == [0, 3]
+  crit, paired = rep["acid_criterion"], rep["paired"]["random_lm"]
+  assert rows[0]["trained_q3"] == pytest.approx(crit["trained_q3"])
+  assert rows[0]["random_q3"] == pytest.approx(crit["random_q3"])
+  assert rows[0]["combined_se"] == pytest.approx(crit["combined_se"])
+  assert rows[0]["paired_se"] == pytest.approx(paired["paired_se"])
+  assert all(0 < r["trained_q3"] < 100 and r["paired_se"] > 0 for r in rows)
+
+
 def test_trained_and_random_embeddings_differ(acid_run):
   _, _, root, _ = acid_run
   from protjax import embeddings_io
