@@ -517,6 +517,24 @@ def _csv_to_fasta(csv_path: str, fasta_path: str) -> None:
       f">{rid}\n{seq}\n" for rid, seq, _ in readers.read_netsurfp_csv(csv_path)))
 
 
+def forget_trained_lm(work: str) -> None:
+  """Deletes what an earlier pretraining left downstream (the trained LM's
+  export, embeddings, probes and the later stages' caches), before pretraining
+  runs again (resumed after a kill, or restarted): those caches would
+  otherwise be reused for a model they no longer describe. The random LM's
+  and the baselines' files do not depend on pretraining and stay."""
+  import glob
+  for stage_name in ("export", "embed", "probes"):
+    for suffix in (".json", ".time.json"):
+      path = os.path.join(work, f"stage_{stage_name}{suffix}")
+      if os.path.exists(path):
+        os.remove(path)
+  for pattern in ("encoders/trained_lm*", "probes/trained_lm_*", "probes/probe_trained_lm_*",
+                  "results/*_trained_lm*"):
+    for path in glob.glob(os.path.join(work, pattern)):
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def embed_probe_data(args, work: str, probe_data: dict, encoders: dict) -> dict:
   """Per-residue HDF5 of every probe file, named as probe_baselines caches them."""
   from protjax import embed
@@ -1212,6 +1230,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     path = os.path.join(work, f"stage_{name}.json")
     timing = os.path.join(work, f"stage_{name}.time.json")
     was_cached = os.path.exists(path)
+    if name == "pretrain" and not was_cached:
+      forget_trained_lm(work)
     out = _cached(path, fn, *a)
     if was_cached:
       # Report how long the stage took when it ran, not the cache read.

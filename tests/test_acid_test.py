@@ -255,6 +255,15 @@ def test_resumed_pretraining_reports_the_whole_run(acid_run, tmp_path):
   md = (out / "acid_test.md").read_text()
   assert (f"(started at 0, in 2 invocations: this one resumed at {first['final_step']} after"
           in md)
+  # The trained LM's embeddings and probes are the resumed model's, not the
+  # first invocation's left in the work dir; the random LM's were kept.
+  from protjax.embeddings_io import read_embeddings
+  def cb513(w, kind):
+    return dict(read_embeddings(w / "probes" / f"{kind}_CB513.h5"))
+  before, after = cb513(root / "work", "trained_lm"), cb513(work, "trained_lm")
+  assert not all(np.array_equal(before[k], after[k]) for k in before)
+  before, after = cb513(root / "work", "random_lm"), cb513(work, "random_lm")
+  assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
 def test_encoder_mlm_loss_matches_numpy():
