@@ -1034,13 +1034,15 @@ def markdown(rep: dict) -> str:
     L.append("- Objective: ProtT5's (each residue → `<extra_id_0>` with probability 0.15, the "
              "decoder rebuilds the whole sequence; cross-entropy + 1e-4 z-loss).")
   else:
+    head = ("a new randomly initialised linear head" if pre.get("seed_encoder_from")
+            else "the tied embedding")
     L.append("- Objective: NOT ProtT5's (investigation run): ProtT5's masks (each residue → "
-             "`<extra_id_0>` with probability 0.15), but the encoder alone predicts the masked "
-             "residues through the tied embedding (BERT-style; no decoder; cross-entropy + 1e-4 "
-             "z-loss over masked positions)."
+             f"`<extra_id_0>` with probability 0.15), but the encoder alone predicts the masked "
+             f"residues through {head} (BERT-style; no decoder; cross-entropy + 1e-4 z-loss "
+             "over masked positions)."
              + (f" The encoder started from the latest checkpoint of the ProtT5 run in "
-                f"`{pre['seed_encoder_from']}` (its decoder dropped; fresh optimiser, step 0), "
-                "and a new randomly initialised linear head, not the tied embedding, gives the logits."
+                f"`{pre['seed_encoder_from']}` (its decoder dropped; fresh optimiser, step 0); "
+                "the random-init row below scores a random encoder through its tied embedding."
                 if pre.get("seed_encoder_from") else ""))
   L.append(f"- Corpus: {', '.join(os.path.basename(f) for f in pre['files'])}; task "
            f"`{dc['task_name']}` with these source files; {100 * dc['validation_fraction']:.0f}% "
