@@ -183,8 +183,10 @@ class EncoderMLM:
   """Investigation objective (not ProtT5's): the T5 encoder alone predicts the
   masked residues through the tied embedding (logits scaled by d_model**-0.5,
   as T5's output layer), BERT-style, on exactly ProtT5's masks (15% of residues
-  -> <extra_id_0>). The trainer's Model protocol; params are the encoder
-  subtrees of the ProtT5 tree, so export and embedding are unchanged.
+  -> <extra_id_0>). A run seeded from a ProtT5 encoder has its own head
+  instead (see __init__). The trainer's Model protocol; params are the encoder
+  subtrees of the ProtT5 tree (plus `mlm_head`), so export and embedding are
+  unchanged.
   """
 
   def __init__(self, config, seed_params=None):
