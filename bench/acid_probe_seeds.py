@@ -13,6 +13,7 @@ Prints a table and writes `<work_dir>/probe_seeds.json` (or `--out`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -30,30 +31,27 @@ from protjax.probes import train as ptrain  # noqa: E402
 KINDS = ("trained_lm", "random_lm")
 
 
-def _settings(work: str) -> argparse.Namespace:
-  """The probe settings the acid test used on `work` (from its report JSON)."""
+def _probe_config(work: str) -> ptrain.TrainConfig:
+  """The CNN-probe settings the acid test used on `work` (its probes stage)."""
   with open(os.path.join(work, "stage_probes.json")) as f:
-    ss = json.load(f)["ss_config"]
-  return argparse.Namespace(ss_max_epochs=ss["max_epochs"], ss_patience=ss["patience"],
-                            ss_batch_tokens=ss["batch_tokens"], seed=ss["seed"],
-                            loc_max_epochs=1, loc_patience=1)
+    return ptrain.TrainConfig(**json.load(f)["ss_config"])
 
 
-def cb513_q3(work: str, kind: str, data_dir: str, seed: int, settings) -> dict:
+def cb513_q3(work: str, kind: str, data_dir: str, seed: int,
+             config: ptrain.TrainConfig) -> dict:
   """Trains `kind`'s CNN probe with `seed` (seed = the run's: its saved probe)
   and scores it on CB513: accuracy, SE and per-protein counts."""
   probes = os.path.join(work, "probes")
   cb513_csv = os.path.join(data_dir, acid_test.SS, "CB513.csv")
   h5 = os.path.join(probes, f"{kind}_CB513.h5")
-  if seed == settings.seed:
+  if seed == config.seed:
     probe = ptrain.load_probe(os.path.join(probes, f"probe_{kind}_cnn"))
   else:
-    settings = argparse.Namespace(**{**vars(settings), "seed": seed})
-    ss_cfg, _ = acid_test.probe_configs(settings)
     with tempfile.TemporaryDirectory() as scratch:
       probe = ptrain.train_residue_probe(
           os.path.join(probes, f"{kind}_train.h5"),
-          os.path.join(data_dir, acid_test.SS, "netsurfp2_train.csv.gz"), config=ss_cfg,
+          os.path.join(data_dir, acid_test.SS, "netsurfp2_train.csv.gz"),
+          config=dataclasses.replace(config, seed=seed),
           out_dir=os.path.join(scratch, "probe"), progress=False)
   q3 = ptrain.evaluate(probe, h5, cb513_csv, cb513=True)["metrics"]["Q3"]
   return {"accuracy": q3["accuracy"], "se": q3["se"], "per_protein": q3["per_protein"],
@@ -68,14 +66,14 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default=None, help="JSON path (default <work_dir>/probe_seeds.json)")
   args = ap.parse_args(argv)
   work = os.path.abspath(args.work_dir)
-  settings = _settings(work)
+  config = _probe_config(work)
   with open(os.path.join(work, "stage_probe_data.json")) as f:
     data_dir = json.load(f)["dir"]
-  seeds = [settings.seed] + [int(s) for s in args.seeds.split(",") if int(s) != settings.seed]
+  seeds = [config.seed] + [int(s) for s in args.seeds.split(",") if int(s) != config.seed]
   rows = []
   for seed in seeds:
     t = time.time()
-    q3 = {kind: cb513_q3(work, kind, data_dir, seed, settings) for kind in KINDS}
+    q3 = {kind: cb513_q3(work, kind, data_dir, seed, config) for kind in KINDS}
     tr, rd = q3["trained_lm"], q3["random_lm"]
     diff = tr["accuracy"] - rd["accuracy"]
     paired = metrics.paired_bootstrap_se(tr["per_protein"]["correct"],

@@ -1000,7 +1000,7 @@ def markdown(rep: dict) -> str:
            f"{crit['random_q3']:.2f} ± {crit['random_se']:.2f}: difference "
            f"{crit['difference']:+.2f} points = {crit['ratio']:.1f} × the combined SE "
            f"({crit['combined_se']:.2f}).\n")
-  paired = [(kind, p) for kind, p in rep.get("paired", {}).items() if p]
+  paired = [(kind, p) for kind, p in rep["paired"].items() if p]
   if paired:
     L.append("Paired, for context (not the criterion): both probes scored on the same "
              "bootstrap resamples of CB513 proteins, so the chains' shared difficulty cancels; "
