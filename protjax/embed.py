@@ -265,14 +265,15 @@ def load_model(directory: str | os.PathLike):
     InputError when `directory` is missing or holds neither format.
   """
   from protjax import export   # deferred: pulls in orbax / safetensors
+  from protjax.models.t5 import encoder_params
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
     raise InputError("model directory does not exist", path=directory)
   if export.is_training_run(directory):
     params, config = export.load_training_run(directory)
-    return export.encoder_params(params), config, export.ENCODER
+    return encoder_params(params), config, export.ENCODER
   params, config, kind = export.import_hf(directory, kind="encoder")
-  return export.encoder_params(params), config, kind
+  return encoder_params(params), config, kind
 
 
 def _choose_model_parallel(param_bytes: int, devices) -> int:

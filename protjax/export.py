@@ -116,18 +116,11 @@ def config_from_dict(fields: Mapping[str, Any], *, path: Optional[str] = None,
     raise InputError(f"invalid T5Config: {e}", path=path) from None
 
 
-def encoder_params(params: Mapping[str, Any]) -> dict[str, Any]:
-  """The encoder-only subtrees (`token_embedder`, `encoder`) of a T5 param tree."""
-  missing = [k for k in ("token_embedder", "encoder") if k not in params]
-  if missing:
-    raise InputError(f"params have no {' / '.join(missing)} subtree (not a ProtT5 tree?)")
-  return {"token_embedder": params["token_embedder"], "encoder": params["encoder"]}
-
-
 def _select(params: Mapping[str, Any], kind: str) -> dict[str, Any]:
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
   if kind == ENCODER:
+    from protjax.models.t5 import encoder_params  # deferred: the model pulls in jax/flax
     return encoder_params(params)
   if "decoder" not in params:
     raise InputError("kind 'encoder_decoder' asked for, but the params have no decoder")
@@ -344,7 +337,7 @@ def import_hf(directory: str | os.PathLike, kind: Optional[str] = None
   if is_params_checkpoint(directory):
     params, config, stored_kind = load_params_checkpoint(directory)
     if kind == ENCODER and stored_kind != ENCODER:
-      return encoder_params(params), config, ENCODER
+      return _select(params, ENCODER), config, ENCODER
     if kind == ENCODER_DECODER and stored_kind != ENCODER_DECODER:
       raise InputError("params checkpoint holds an encoder only, not an encoder-decoder",
                        path=directory)

@@ -12,6 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from protjax import export, hf_convert
 from protjax.errors import InputError
+from protjax.models import t5
 from protjax.models.t5 import get_config
 
 
@@ -56,7 +57,7 @@ def test_params_checkpoint_round_trip(tmp_path, params, config, kind):
   assert (meta["family"], meta["kind"], meta["d_model"]) == ("prott5", kind, 32)
   loaded, loaded_config, loaded_kind = export.load_params_checkpoint(out)
   assert loaded_kind == kind and loaded_config == config
-  want = params if kind == "encoder_decoder" else export.encoder_params(params)
+  want = params if kind == "encoder_decoder" else t5.encoder_params(params)
   assert_trees_equal(loaded, want)
   assert all(isinstance(v, np.ndarray) for v in flatten(loaded).values())
   assert leftovers(tmp_path, "ckpt") == []
@@ -135,7 +136,7 @@ def test_export_import_export_is_byte_identical(tmp_path, params, config, dtype,
   assert imported_kind == kind
   assert dataclasses.replace(imported_config, dropout_rate=config.dropout_rate) == config
   # float16 export: the imported params are the float16-rounded originals.
-  want = params if kind == "encoder_decoder" else export.encoder_params(params)
+  want = params if kind == "encoder_decoder" else t5.encoder_params(params)
   rounded = {k: v.astype(dtype).astype(np.float32) for k, v in flatten(want).items()}
   got = flatten(imported)
   assert sorted(got) == sorted(rounded)
@@ -270,7 +271,7 @@ def test_import_hf_recognises_a_params_checkpoint(tmp_path, params, config):
   out = export.save_params_checkpoint(tmp_path / "ckpt", params, config)
   loaded, loaded_config, kind = export.import_hf(out)
   assert kind == "encoder" and loaded_config == config
-  assert_trees_equal(loaded, export.encoder_params(params))
+  assert_trees_equal(loaded, t5.encoder_params(params))
 
 
 def test_cli_help_describes_the_formats(capsys):
@@ -288,10 +289,10 @@ def test_params_checkpoint_from_and_to_sharded_jax_arrays(tmp_path, params, conf
   mesh = Mesh(np.array(jax.devices()[:2]), ("model",))
   sharded = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(
       mesh, PartitionSpec("model") if x.shape[0] % 2 == 0 else PartitionSpec())),
-      export.encoder_params(params))
+      t5.encoder_params(params))
   out = export.save_params_checkpoint(tmp_path / "ckpt", sharded, config)
   loaded, _, _ = export.load_params_checkpoint(out)
-  assert_trees_equal(loaded, export.encoder_params(params))
+  assert_trees_equal(loaded, t5.encoder_params(params))
   # With a sharded abstract target the arrays come back on the devices.
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                         sharded)
@@ -299,4 +300,4 @@ def test_params_checkpoint_from_and_to_sharded_jax_arrays(tmp_path, params, conf
   emb = on_device["token_embedder"]["embedding"]
   assert isinstance(emb, jax.Array) and emb.sharding == sharded["token_embedder"][
       "embedding"].sharding
-  assert_trees_equal(jax.tree.map(np.asarray, on_device), export.encoder_params(params))
+  assert_trees_equal(jax.tree.map(np.asarray, on_device), t5.encoder_params(params))

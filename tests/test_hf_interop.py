@@ -15,6 +15,7 @@ from flax import traverse_util
 import pytest
 
 from protjax import export, hf_convert
+from protjax.models import t5
 from protjax.errors import InputError
 from protjax.vocab import PROTT5_RESIDUES, ProtT5Vocabulary
 
@@ -315,7 +316,7 @@ def test_exported_encoder_matches_hf_t5_encoder_model(tmp_path, tiny_full_params
       tokens)
 
   cfg = dataclasses.replace(config, attention_impl=attention_impl, dtype="float32")
-  got = np.asarray(T5Encoder(cfg).apply({"params": export.encoder_params(params)}, tokens,
+  got = np.asarray(T5Encoder(cfg).apply({"params": t5.encoder_params(params)}, tokens,
                                         deterministic=True))
   keep = tokens != 0
   assert got.shape == ref.shape == tokens.shape + (config.d_model,)
@@ -324,7 +325,7 @@ def test_exported_encoder_matches_hf_t5_encoder_model(tmp_path, tiny_full_params
   # Padding must not matter: each protein alone gives the same vectors.
   for i, seq in enumerate(SEQUENCES[:2]):
     alone = tokenize([seq])
-    single = np.asarray(T5Encoder(cfg).apply({"params": export.encoder_params(params)}, alone))
+    single = np.asarray(T5Encoder(cfg).apply({"params": t5.encoder_params(params)}, alone))
     assert rel_error(single[0], got[i, :alone.shape[1]]) < TOLERANCE
 
 
@@ -364,7 +365,7 @@ def test_imported_hf_t5_matches_full_logits(tmp_path):
   assert kind == "encoder_decoder"
   assert (config.d_model, config.num_encoder_layers, config.num_decoder_layers) == (32, 2, 3)
   logits = np.asarray(T5(config).apply({"params": params}, tokens, decoder_inputs))
-  encoded = np.asarray(T5Encoder(config).apply({"params": export.encoder_params(params)},
+  encoded = np.asarray(T5Encoder(config).apply({"params": t5.encoder_params(params)},
                                                tokens))
   keep = tokens != 0
   # Decoder inputs have no padding inside the real targets: compare where the
@@ -374,5 +375,5 @@ def test_imported_hf_t5_matches_full_logits(tmp_path):
   # The encoder of the full model, imported alone, is the same encoder.
   enc_params, _, enc_kind = export.import_hf(tmp_path / "hf", kind="encoder")
   assert enc_kind == "encoder"
-  for a, b in zip(jax.tree.leaves(enc_params), jax.tree.leaves(export.encoder_params(params))):
+  for a, b in zip(jax.tree.leaves(enc_params), jax.tree.leaves(t5.encoder_params(params))):
     np.testing.assert_array_equal(a, b)

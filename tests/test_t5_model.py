@@ -184,6 +184,8 @@ def test_encoder_module_matches_the_encoder_half_of_t5(params):
   assert set(shapes["params"]) == {"token_embedder", "encoder"}
   assert (jax.tree_util.tree_structure(shapes["params"]) ==
           jax.tree_util.tree_structure(t5.encoder_params(params)))
+  with pytest.raises(InputError, match="no token_embedder / encoder subtree"):
+    t5.encoder_params({"decoder": params["decoder"]})
 
 
 def test_padding_does_not_change_residue_embeddings(params):

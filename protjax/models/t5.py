@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from protjax import axes
+from protjax.errors import InputError
 from protjax.models import attention as attn_lib
 from protjax.models import layers
 
@@ -129,8 +130,6 @@ def _read_gin_bindings(path: pathlib.Path, seen: tuple = ()) -> dict[str, Any]:
   side effects on the process's gin state (a trainer may parse other files).
   """
   from gin import config_parser  # gin stays out of module import time.
-
-  from protjax.errors import InputError
 
   class _NoReferences(config_parser.ParserDelegate):
     def configurable_reference(self, scoped_configurable_name, evaluate):
@@ -415,6 +414,9 @@ class T5Encoder(nn.Module):
 
 def encoder_params(params: Mapping[str, Any]) -> dict[str, Any]:
   """The `token_embedder` + `encoder` subtrees of full T5 params (for T5Encoder)."""
+  missing = [k for k in ("token_embedder", "encoder") if k not in params]
+  if missing:
+    raise InputError(f"params have no {' / '.join(missing)} subtree (not a ProtT5 tree?)")
   return {"token_embedder": params["token_embedder"], "encoder": params["encoder"]}
 
 
