@@ -211,15 +211,20 @@ class EncoderMLM:
       from flax.linen import partitioning
       params = jax.tree.map(lambda fresh, seed: jnp.asarray(seed, fresh.dtype),
                             params, self.seed_params)
-      # LeCun-normal: logits start near unit scale (the encoder's outputs have
-      # RMS about 1), and Adafactor, whose steps scale with a parameter's RMS,
-      # can move the head (from zeros it barely moved in 160 steps).
-      head = jax.random.normal(jax.random.fold_in(rng, 1),
-                               (self.config.d_model, self.config.vocab_size), jnp.float32)
-      params = {**params, "mlm_head": {"kernel": head * self.config.d_model ** -0.5}}
+      params = {**params, "mlm_head": self.random_head(jax.random.fold_in(rng, 1))}
       axes = {**axes, "mlm_head": {"kernel_axes": partitioning.AxisMetadata(
           names=("embed", "vocab"))}}
     return {"params": params, "params_axes": axes}
+
+  def random_head(self, rng) -> dict:
+    """A fresh `mlm_head`, kernel [d_model, vocab]. LeCun-normal: logits start
+    near unit scale (the encoder's outputs have RMS about 1), and Adafactor,
+    whose steps scale with a parameter's RMS, can move it (from zeros it barely
+    moved in 160 steps)."""
+    import jax
+    import jax.numpy as jnp
+    head = jax.random.normal(rng, (self.config.d_model, self.config.vocab_size), jnp.float32)
+    return {"kernel": head * self.config.d_model ** -0.5}
 
   def loss_fn(self, params, batch, dropout_rng):
     import jax.numpy as jnp
@@ -350,6 +355,9 @@ def pretrain(args, work: str) -> dict:
       jax.random.PRNGKey(args.random_seed), 1, 8, 8)["params"]
   if model is not None:
     rand = t5.encoder_params(rand)
+    if "mlm_head" in params:  # the control gets a random head too, not the tied embedding
+      rand["mlm_head"] = model.random_head(
+          jax.random.fold_in(jax.random.PRNGKey(args.random_seed), 1))
   heldout_random = heldout_eval(rand, config, data_cfg, model=model)
   _log(f"held-out masked-residue accuracy {100 * heldout['masked_residue_accuracy']:.2f}% "
        f"(random init {100 * heldout_random['masked_residue_accuracy']:.2f}%, best constant "
@@ -370,6 +378,7 @@ def pretrain(args, work: str) -> dict:
       "history": history,
       "eval_history": {str(s): m for s, m in sorted(result.eval_history.items())},
       "heldout": heldout, "heldout_random_init": heldout_random,
+      "heldout_random_init_params": sorted(rand),
   }
 
 
@@ -1044,7 +1053,9 @@ def markdown(rep: dict) -> str:
              "over masked positions)."
              + (f" The encoder started from the latest checkpoint of the ProtT5 run in "
                 f"`{pre['seed_encoder_from']}` (its decoder dropped; fresh optimiser, step 0); "
-                "the random-init row below scores a random encoder through its tied embedding."
+                "the random-init row below scores a random encoder through "
+                + ("a random head." if "mlm_head" in pre.get("heldout_random_init_params", ())
+                   else "its tied embedding (reports before the control got a head).")
                 if pre.get("seed_encoder_from") else ""))
   L.append(f"- Corpus: {', '.join(os.path.basename(f) for f in pre['files'])}; task "
            f"`{dc['task_name']}` with these source files; {100 * dc['validation_fraction']:.0f}% "

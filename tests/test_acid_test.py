@@ -317,6 +317,8 @@ def test_encoder_mlm_seeded_from_a_prott5_run(acid_run, tmp_path):
   params, config = load_training_run(tmp_path / "work" / "pretrain")
   assert sorted(params) == ["encoder", "mlm_head", "token_embedder"]
   assert params["mlm_head"]["kernel"].shape == (config.d_model, config.vocab_size)
+  # The held-out control is the same shape: a random encoder with a random head.
+  assert pre["heldout_random_init_params"] == ["encoder", "mlm_head", "token_embedder"]
   # The encoder is the seed's (a step or two at rate 1e-8 barely moves it),
   # not a random init of the same shape (the seed's one step at rate 0.03
   # already moved every weight by far more than the tolerance).
@@ -326,7 +328,8 @@ def test_encoder_mlm_seeded_from_a_prott5_run(acid_run, tmp_path):
     np.testing.assert_allclose(trained, dict(_leaves(seed))[path], rtol=1e-5, atol=1e-7)
     assert not np.allclose(dict(_leaves(fresh))[path], dict(_leaves(seed))[path], rtol=1e-3)
   # The report's objective line names the seed.
-  assert str(seed_dir) in acid.markdown({**acid_run[3], "pretraining": acid.whole_run(pre)})
+  report = acid.markdown({**acid_run[3], "pretraining": acid.whole_run(pre)})
+  assert str(seed_dir) in report and "random encoder through a random head" in report
   # The seed must have this run's shape.
   wide = mlm_argv + ["--gin", "T5Config.d_model = 48"]
   with pytest.raises(SystemExit, match="model config differs"):
