@@ -9,6 +9,11 @@ early-stopping split) would change. This retrains the trained-LM and
 random-LM CNN probes of an acid-test work dir with other seeds, on the cached
 embeddings and with the run's probe settings, and scores each on CB513 Q3.
 Prints a table and writes `<work_dir>/probe_seeds.json` (or `--out`).
+
+`--standardize_residues` asks a second question: does the lead change when
+each embedding feature is standardised over the training residues before the
+CNN (`TrainConfig.standardize_residues`; the acid test, as the paper, feeds
+the raw last hidden state)? Every seed is then retrained, the run's own too.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ def cb513_q3(work: str, kind: str, data_dir: str, seed: int,
   probes = os.path.join(work, "probes")
   cb513_csv = os.path.join(data_dir, acid_test.SS, "CB513.csv")
   h5 = os.path.join(probes, f"{kind}_CB513.h5")
-  if seed == config.seed:
+  if seed == config.seed and not config.standardize_residues:
     probe = ptrain.load_probe(os.path.join(probes, f"probe_{kind}_cnn"))
   else:
     with tempfile.TemporaryDirectory() as scratch:
@@ -63,10 +68,14 @@ def main(argv=None) -> int:
   ap.add_argument("--work_dir", required=True, help="an acid-test work dir (probes cached)")
   ap.add_argument("--seeds", default="1,2",
                   help="probe seeds to train besides the run's own (comma-separated)")
-  ap.add_argument("--out", default=None, help="JSON path (default <work_dir>/probe_seeds.json)")
+  ap.add_argument("--standardize_residues", action="store_true",
+                  help="standardise each feature over the training residues before the CNN")
+  ap.add_argument("--out", default=None, help="JSON path (default <work_dir>/probe_seeds.json, "
+                  "probe_seeds_standardized.json with --standardize_residues)")
   args = ap.parse_args(argv)
   work = os.path.abspath(args.work_dir)
-  config = _probe_config(work)
+  config = dataclasses.replace(_probe_config(work),
+                               standardize_residues=args.standardize_residues)
   with open(os.path.join(work, "stage_probe_data.json")) as f:
     data_dir = json.load(f)["dir"]
   seeds = [config.seed] + [int(s) for s in args.seeds.split(",") if int(s) != config.seed]
@@ -85,10 +94,11 @@ def main(argv=None) -> int:
     print(f"seed {seed}: trained {tr['accuracy']:.2f} random {rd['accuracy']:.2f} "
           f"diff {diff:+.2f} ({time.time() - t:.0f} s)", flush=True)
   diffs = [r["difference"] for r in rows]
-  summary = {"work_dir": work, "rows": rows, "median_difference": statistics.median(diffs),
+  summary = {"work_dir": work, "standardize_residues": args.standardize_residues, "rows": rows, "median_difference": statistics.median(diffs),
              "min_difference": min(diffs), "max_difference": max(diffs),
              "difference_sd_over_seeds": statistics.stdev(diffs) if len(diffs) > 1 else None}
-  out = args.out or os.path.join(work, "probe_seeds.json")
+  out = args.out or os.path.join(
+      work, "probe_seeds_standardized.json" if args.standardize_residues else "probe_seeds.json")
   acid_test.write_json_atomic(out, summary)
   print("| probe seed | trained CB513 Q3 | random CB513 Q3 | difference | combined SE | paired SE |")
   print("| --- | --- | --- | --- | --- | --- |")

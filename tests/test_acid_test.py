@@ -191,7 +191,7 @@ def test_paired_comparison_and_rescoring_saved_probes(acid_run):
   assert again["onehot"] is None and again["random_lm"] == paired["random_lm"]
 
 
-def test_probe_seeds_reproduce_the_run_and_retrain(acid_run, tmp_path):
+def test_probe_seeds_reproduce_the_run_and_retrain(acid_run, tmp_path, monkeypatch):
   """bench/acid_probe_seeds.py: its row for the run's own probe seed is the
   report's CB513 figures; another seed retrains both probes."""
   spec = importlib.util.spec_from_file_location("acid_probe_seeds",
@@ -209,6 +209,17 @@ def test_probe_seeds_reproduce_the_run_and_retrain(acid_run, tmp_path):
   assert rows[0]["combined_se"] == pytest.approx(crit["combined_se"])
   assert rows[0]["paired_se"] == pytest.approx(paired["paired_se"])
   assert all(0 < r["trained_q3"] < 100 and r["paired_se"] > 0 for r in rows)
+  # --standardize_residues retrains every seed, the run's own too, standardised.
+  calls = []
+  real = seeds.ptrain.train_residue_probe
+  monkeypatch.setattr(seeds.ptrain, "train_residue_probe",
+                      lambda *a, **kw: calls.append(kw["config"]) or real(*a, **kw))
+  assert seeds.main(["--work_dir", str(root / "work"), "--seeds", "0",
+                     "--standardize_residues"]) == 0
+  std = json.loads((root / "work" / "probe_seeds_standardized.json").read_text())
+  assert std["standardize_residues"] and [r["seed"] for r in std["rows"]] == [0]
+  assert [(c.seed, c.standardize_residues) for c in calls] == [(0, True), (0, True)]
+  assert 0 < std["rows"][0]["trained_q3"] < 100
 
 
 def test_trained_and_random_embeddings_differ(acid_run):

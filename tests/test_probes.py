@@ -89,6 +89,42 @@ def test_cnn_probe_learns_well_above_majority(ss_files, cnn_probe):
   assert probe.meta["history"][-1]["epoch"] <= FAST.max_epochs
 
 
+def test_standardized_residue_probe_ignores_feature_scale(ss_files, tmp_path):
+  """standardize_residues: a per-feature affine change of the embeddings (scales
+  1e-2 to 1e3, offsets up to 1e2) leaves training and predictions unchanged,
+  and the saved probe applies the same standardisation."""
+  import dataclasses
+  data = pdata.load_residue_set(ss_files / "train.h5", ss_files / "train.csv")
+  rng = np.random.default_rng(0)
+  scale = 10.0 ** rng.uniform(-2, 3, data.dim)
+  offset = rng.uniform(-100, 100, data.dim)
+  warped = dataclasses.replace(
+      data, features=[(np.asarray(f, np.float64) * scale + offset).astype(np.float32)
+                      for f in data.features])
+  mean, std = pdata.residue_moments(warped)
+  stacked = np.concatenate(warped.features).astype(np.float64)
+  np.testing.assert_allclose(mean, stacked.mean(0), rtol=1e-6, atol=1e-4)
+  np.testing.assert_allclose(std, stacked.std(0) + 1e-6, rtol=1e-4, atol=1e-4)
+  config = ptrain.TrainConfig(max_epochs=3, batch_tokens=2048, standardize_residues=True)
+  tr, va = pdata.split_indices(len(data), 0.15, 0)
+  plain = ptrain.fit_residue(data.subset(tr), data.subset(va), config=config, progress=False)
+  probe = ptrain.fit_residue(warped.subset(tr), warped.subset(va), config=config,
+                             progress=False)
+  for a, b in zip(plain.meta["history"], probe.meta["history"]):
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
+  # Without standardisation the same warp changes training beyond recognition.
+  raw = ptrain.fit_residue(warped.subset(tr), warped.subset(va), progress=False,
+                           config=dataclasses.replace(config, standardize_residues=False))
+  assert raw.meta["history"][-1]["val_loss"] != pytest.approx(
+      plain.meta["history"][-1]["val_loss"], rel=0.05)
+  probe.save(tmp_path / "p")
+  loaded = ptrain.load_probe(tmp_path / "p")
+  np.testing.assert_array_equal(loaded.state["input_std"], probe.state["input_std"])
+  agree = [np.mean(x == y) for x, y in zip(ptrain.predict_residues(loaded, warped)["dssp3"],
+                                          ptrain.predict_residues(plain, data)["dssp3"])]
+  assert np.mean(agree) > 0.99
+
+
 def test_saved_probe_round_trips_and_is_deterministic(ss_files, cnn_probe):
   probe, out = cnn_probe
   assert sorted(os.listdir(out)) == ["config.json", "params.msgpack"]

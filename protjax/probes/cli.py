@@ -58,7 +58,7 @@ def _config(args):
     v = getattr(args, name)
     if v is not None:
       kw[name] = v
-  return TrainConfig(**kw)
+  return TrainConfig(standardize_residues=args.standardize_residues, **kw)
 
 
 def _train(args) -> int:
@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--patience", type=int, help="epochs without a better validation loss")
   t.add_argument("--val-fraction", type=float)
   t.add_argument("--seed", type=int)
+  t.add_argument("--standardize-residues", action="store_true",
+                 help="ss3ss8: standardise each embedding feature with the training "
+                 "residues' mean and SD, kept with the probe (default: raw features, "
+                 "as the paper; location inputs are always standardised)")
   t.add_argument("--quiet", action="store_true", help="no progress bar")
   t.set_defaults(func=_train)
 

@@ -271,8 +271,13 @@ def residue_batches(lengths: Sequence[int], *, batch_tokens: int,
   return batches
 
 
-def pad_residue_batch(data: ResidueSet, idx: np.ndarray, length: int, size: int) -> dict:
-  """Numpy batch: x `[size, length, embed]`, mask, dssp3, dssp8, train/score masks."""
+def pad_residue_batch(data: ResidueSet, idx: np.ndarray, length: int, size: int,
+                      mean: Optional[np.ndarray] = None, std: Optional[np.ndarray] = None
+                      ) -> dict:
+  """Numpy batch: x `[size, length, embed]`, mask, dssp3, dssp8, train/score masks.
+
+  With `mean` and `std` (`[embed]`) the residues are standardised; padding stays 0.
+  """
   e = data.features[idx[0]].shape[1]
   b = {"x": np.zeros((size, length, e), np.float32),
        "mask": np.zeros((size, length), np.float32),
@@ -281,12 +286,22 @@ def pad_residue_batch(data: ResidueSet, idx: np.ndarray, length: int, size: int)
        "train_mask": np.zeros((size, length), np.float32)}
   for row, i in enumerate(idx):
     n = data.features[i].shape[0]
-    b["x"][row, :n] = data.features[i]
+    b["x"][row, :n] = data.features[i] if mean is None else (data.features[i] - mean) / std
     b["mask"][row, :n] = 1
     b["dssp3"][row, :n] = data.dssp3[i]
     b["dssp8"][row, :n] = data.dssp8[i]
     b["train_mask"][row, :n] = data.train_mask[i]
   return b
+
+
+def residue_moments(data: ResidueSet) -> tuple[np.ndarray, np.ndarray]:
+  """Per-feature mean and standard deviation over all residues, `[embed]` each
+  (two float64 passes, one protein at a time: the features may be float16)."""
+  count = sum(f.shape[0] for f in data.features)
+  mean = sum(np.asarray(f, np.float64).sum(0) for f in data.features) / count
+  var = sum(((np.asarray(f, np.float64) - mean) ** 2).sum(0) for f in data.features) / count
+  std = np.sqrt(var) + 1e-6  # constant columns (e.g. unused one-hot ones) stay finite
+  return mean.astype(np.float32), std.astype(np.float32)
 
 
 def protein_batches(n: int, *, batch_size: int, rng: Optional[np.random.Generator] = None

@@ -16,7 +16,9 @@ per-protein losses masked where a label is missing, summed over the heads.
 Early stopping on the validation loss with patience; the best epoch's
 parameters are kept. Per-protein inputs are standardised with the training
 set's per-feature mean and standard deviation (kept with the probe), because
-pooled one-hot features (amino-acid composition) are tiny numbers.
+pooled one-hot features (amino-acid composition) are tiny numbers; per-residue
+inputs only with `TrainConfig.standardize_residues` (the paper's probes read
+the raw last hidden state).
 """
 from __future__ import annotations
 
@@ -55,6 +57,10 @@ class TrainConfig:
   patience: int = 4  # epochs without a better validation loss before stopping
   val_fraction: float = 0.05  # held out of the training set when no val set is given
   seed: int = 0
+  # Per-residue: standardise each feature with the training residues' mean and
+  # SD (kept with the probe). Off by default: the paper's probes read the raw
+  # last hidden state. Per-protein inputs are always standardised (see above).
+  standardize_residues: bool = False
 
 
 @dataclasses.dataclass
@@ -191,13 +197,14 @@ def _reduce_terms(all_terms: list) -> dict:
 
 
 # --- per-residue ---------------------------------------------------------------
-def _residue_eval(eval_step, params, data: pdata.ResidueSet, batch_tokens: int):
+def _residue_eval(eval_step, params, data: pdata.ResidueSet, batch_tokens: int,
+                  mean=None, std=None):
   """Runs the probe over `data`: (val loss, per-protein predictions per head)."""
   lengths = [f.shape[0] for f in data.features]
   preds = {h: [None] * len(data) for h, _ in models.RESIDUE_HEADS}
   all_terms = []
   for idx, blen, bsz in pdata.residue_batches(lengths, batch_tokens=batch_tokens):
-    batch = pdata.pad_residue_batch(data, idx, blen, bsz)
+    batch = pdata.pad_residue_batch(data, idx, blen, bsz, mean, std)
     terms, p = eval_step(params, {k: jnp.asarray(v) for k, v in batch.items()})
     all_terms.append(terms)
     p = jax.device_get(p)
@@ -218,6 +225,7 @@ def fit_residue(train: pdata.ResidueSet, val: pdata.ResidueSet, *, model: str = 
   if len(train) == 0 or len(val) == 0:
     raise InputError("empty training or validation set")
   module = models.RESIDUE_MODELS[model]()
+  mean, std = pdata.residue_moments(train) if config.standardize_residues else (None, None)
   rng = jax.random.PRNGKey(config.seed)
   init_rng, drop_rng = jax.random.split(rng)
   params = module.init(init_rng, jnp.zeros((1, 8, train.dim)), jnp.ones((1, 8)))["params"]
@@ -236,13 +244,13 @@ def fit_residue(train: pdata.ResidueSet, val: pdata.ResidueSet, *, model: str = 
     losses = []
     for idx, blen, bsz in pdata.residue_batches(lengths, batch_tokens=config.batch_tokens,
                                                 rng=np_rng):
-      batch = pdata.pad_residue_batch(train, idx, blen, bsz)
+      batch = pdata.pad_residue_batch(train, idx, blen, bsz, mean, std)
       params, opt_state, loss = train_step(params, opt_state,
                                            {k: jnp.asarray(v) for k, v in batch.items()},
                                            jax.random.fold_in(drop_rng, step))
       losses.append(loss)
       step += 1
-    val_loss, preds = _residue_eval(eval_step, params, val, config.batch_tokens)
+    val_loss, preds = _residue_eval(eval_step, params, val, config.batch_tokens, mean, std)
     q3 = metrics.score_residues(val.dssp3, preds["dssp3"], val.score_mask, DSSP3_NAMES,
                                 n_resamples=0)["accuracy"]
     rec = {"epoch": epoch + 1, "train_loss": float(np.mean(jax.device_get(losses))),
@@ -258,7 +266,10 @@ def fit_residue(train: pdata.ResidueSet, val: pdata.ResidueSet, *, model: str = 
       "config": dataclasses.asdict(config), "best_epoch": stopper.best_epoch,
       "n_train": len(train), "n_val": len(val), "history": history,
   }
-  return Probe(meta, {"params": stopper.best_state})
+  state = {"params": stopper.best_state}
+  if mean is not None:
+    state.update(input_mean=mean, input_std=std)
+  return Probe(meta, state)
 
 
 def predict_residues(probe: Probe, data: pdata.ResidueSet, *, batch_tokens: int = 8192
@@ -266,7 +277,9 @@ def predict_residues(probe: Probe, data: pdata.ResidueSet, *, batch_tokens: int 
   """Per head, per protein `[length]` predicted class ids."""
   _, eval_step = _make_steps(probe.module(), residue_loss_terms, optax.adam(0.0))
   params = jax.tree_util.tree_map(jnp.asarray, probe.state["params"])
-  return _residue_eval(eval_step, params, data, batch_tokens)[1]
+  mean, std = (np.asarray(probe.state[k], np.float32) if k in probe.state else None
+               for k in ("input_mean", "input_std"))
+  return _residue_eval(eval_step, params, data, batch_tokens, mean, std)[1]
 
 
 DSSP3_NAMES = tuple(pdata.DSSP3)
