@@ -1001,15 +1001,16 @@ def markdown(rep: dict) -> str:
   for note in rep["settings"].get("note") or []:
     L.append(f"Note (by the person who ran it): {note}\n")
   if rep.get("rerendered_utc"):
-    L.append(f"Re-rendered {rep['rerendered_utc']} by the same script from that run's cached "
-             f"stage results (no stage re-run; {rep.get('rerender_reason', '')}).\n")
+    source = rep.get("rerendered_from", "cached stage results")
+    L.append(f"Re-rendered {rep['rerendered_utc']} by the same script from that run's {source} "
+             f"(no stage re-run; {rep.get('rerender_reason', '')}).\n")
   L.append("## Verdict\n")
   L.append(f"Acid-test criterion (trained-LM CB513 Q3 − random-LM CB513 Q3 > 2 × combined SE): "
            f"{verdict}. Trained {crit['trained_q3']:.2f} ± {crit['trained_se']:.2f}, random "
            f"{crit['random_q3']:.2f} ± {crit['random_se']:.2f}: difference "
            f"{crit['difference']:+.2f} points = {crit['ratio']:.1f} × the combined SE "
            f"({crit['combined_se']:.2f}).\n")
-  paired = [(kind, p) for kind, p in rep["paired"].items() if p]
+  paired = [(kind, rep["paired"][kind]) for kind in KIND_LABELS if rep["paired"].get(kind)]
   if paired:
     L.append("Paired, for context (not the criterion): both probes scored on the same "
              "bootstrap resamples of CB513 proteins, so the chains' shared difficulty cancels; "
@@ -1143,7 +1144,9 @@ def markdown(rep: dict) -> str:
   L.append(f"- git commit {m.get('git_commit')}" + (
       f" with local changes in {', '.join(m['git_dirty_files'])}" if m.get("git_dirty_files")
       else ""))
-  for stage, s in rep["stage_seconds"].items():
+  order = ("pretrain", "export", "probe_data", "embed", "probes", "figures")
+  for stage, s in sorted(rep["stage_seconds"].items(),
+                         key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
     L.append(f"- {stage}: {_fmt_minutes(s)}"
              + (" (earlier invocation)" if stage in rep.get("cached_stages", []) else ""))
   L.append(f"- sum of the stages: {_fmt_minutes(sum(rep['stage_seconds'].values()))}; wall time "
@@ -1211,11 +1214,39 @@ def build_parser() -> argparse.ArgumentParser:
                   help="a sentence printed near the top of the report (repeatable)")
   ap.add_argument("--rerender_reason", default="",
                   help="stated in the report when every stage comes from the caches")
+  ap.add_argument("--rerender_from", metavar="REPORT_JSON",
+                  help="re-render that report's .md and .json from the JSON alone (no work "
+                       "dir; figures kept), adding any --note and --investigation given; "
+                       "needs --rerender_reason")
   return ap
+
+
+def rerender_from(path: str, notes: Sequence[str], investigations: Sequence[str],
+                  reason: str) -> dict:
+  """Rewrites `path` (a report JSON) and the .md beside it from the JSON: its
+  notes and investigations plus the given ones, the investigations' figures
+  read again. Everything else, figures included, is the run's as written."""
+  if not reason:
+    raise SystemExit("--rerender_from needs --rerender_reason (stated in the report)")
+  with open(path) as f:
+    rep = json.load(f)
+  settings = rep["settings"]
+  settings["note"] = list(settings.get("note") or []) + list(notes)
+  settings["investigation"] = list(dict.fromkeys(list(settings.get("investigation") or [])
+                                                 + list(investigations)))
+  rep["investigations"] = [_investigation(p) for p in settings["investigation"]]
+  rep.update(rerendered_utc=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+             rerender_reason=reason, rerendered_from="report JSON")
+  write_json_atomic(path, rep)
+  files.write_text_atomic(os.path.splitext(path)[0] + ".md", markdown(rep))
+  return rep
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
+  if args.rerender_from:
+    rerender_from(args.rerender_from, args.note, args.investigation, args.rerender_reason)
+    return 0
   if args.seed_encoder_from and args.objective != "encoder_mlm":
     raise SystemExit("--seed_encoder_from needs --objective encoder_mlm (a ProtT5 run "
                      "continues with --gin train.init_from=MODEL_DIR)")

@@ -222,6 +222,28 @@ def test_probe_seeds_reproduce_the_run_and_retrain(acid_run, tmp_path, monkeypat
   assert 0 < std["rows"][0]["trained_q3"] < 100
 
 
+def test_rerender_from_the_report_json_alone(acid_run, tmp_path):
+  """--rerender_from: a report is redrawn from its JSON (no work dir), with a
+  note and an Investigation row added; its figures and verdict are the run's."""
+  import shutil
+  acid, _, root, rep = acid_run
+  for ext in (".json", ".md"):
+    shutil.copy(root / "out" / f"acid_test{ext}", tmp_path / f"copy{ext}")
+  argv = ["--rerender_from", str(tmp_path / "copy.json"), "--note", "A later finding.",
+          "--investigation", str(root / "out" / "acid_test.json")]
+  with pytest.raises(SystemExit, match="needs --rerender_reason"):
+    acid.main(argv)
+  assert acid.main(argv + ["--rerender_reason", "a test"]) == 0
+  md = (tmp_path / "copy.md").read_text()
+  again = json.loads((tmp_path / "copy.json").read_text())
+  assert "A later finding." in md and "from that run's report JSON (no stage re-run; a test)" in md
+  assert "## Investigation" in md and rep["command"] in md.split("## Investigation")[1]
+  assert again["acid_criterion"] == rep["acid_criterion"] and again["probes"] == rep["probes"]
+  assert again["settings"]["note"][-1] == "A later finding."
+  verdict = lambda text: text.split("## Verdict")[1].split("##")[0]
+  assert verdict(md) == verdict((root / "out" / "acid_test.md").read_text())
+
+
 def test_trained_and_random_embeddings_differ(acid_run):
   _, _, root, _ = acid_run
   from protjax import embeddings_io
