@@ -23,8 +23,11 @@ never overlap and the split does not depend on file order.
 Multi-host evaluation: with repeat=False hosts may get different numbers of
 batches (shards differ in size); the caller must agree on a step count.
 
-Limitations: resuming replays the raw text stream up to the resume step
-(cheap for the sample corpus, minutes for UniRef-size runs late in training);
+Limitations: resuming replays the raw text stream up to the resume step, at
+about 30k records/s per host on a 2-core CPU (11 s to resume 5,000 steps of 64
+from a 100k-sequence FASTA): cheap for the sample corpus and for a pod whose
+hosts share the records, but hours for a single-host run many UniRef50 epochs
+in (2e9 records at step 1M of batch 2048);
 duplicate ids are checked within a file only.
 """
 from __future__ import annotations
