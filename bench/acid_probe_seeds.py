@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     print(f"seed {seed}: trained {tr['accuracy']:.2f} random {rd['accuracy']:.2f} "
           f"diff {diff:+.2f} ({time.time() - t:.0f} s)", flush=True)
   diffs = [r["difference"] for r in rows]
-  summary = {"work_dir": work, "standardize_residues": args.standardize_residues, "rows": rows, "median_difference": statistics.median(diffs),
+  summary = {"work_dir": work, "standardize_residues": args.standardize_residues, "rows": rows,
+             "median_difference": statistics.median(diffs),
              "min_difference": min(diffs), "max_difference": max(diffs),
              "difference_sd_over_seeds": statistics.stdev(diffs) if len(diffs) > 1 else None}
   out = args.out or os.path.join(
