@@ -91,6 +91,9 @@ def test_get_config_reads_gin_without_touching_global_gin_state(tmp_path):
   child.write_text("include 'base.gin'\nT5Config.d_ff = 24\nother.thing = 3\n")
   c = t5.get_config(str(child))
   assert (c.d_model, c.d_ff, c.num_heads) == (16, 24, 8)  # include, override, default
+  # The project's own files include 'gin_configs/...' (repo-root relative, as gin does).
+  wide = t5.get_config(str(t5.GIN_DIR / "prott5_mini_wide.gin"))
+  assert (wide.d_model, wide.num_encoder_layers, wide.num_heads) == (128, 3, 4)
   bad = tmp_path / "bad.gin"
   bad.write_text("T5Config.d_model = 16\nT5Config.d_modle = 8\n")
   with pytest.raises(InputError, match="d_modle") as e:

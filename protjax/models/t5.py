@@ -152,7 +152,10 @@ def _read_gin_bindings(path: pathlib.Path, seen: tuple = ()) -> dict[str, Any]:
       if isinstance(statement, config_parser.IncludeStatement):
         included = pathlib.Path(statement.filename)
         if not included.is_absolute():
-          included = path.parent / included
+          # gin resolves includes against its search path: the project's own
+          # files say `include 'gin_configs/...'`, relative to the repo root.
+          beside = path.parent / included
+          included = beside if beside.is_file() else GIN_DIR.parents[1] / included
         bindings.update(_read_gin_bindings(included.resolve(), seen + (path,)))
       elif isinstance(statement, config_parser.BindingStatement):
         if statement.selector.split(".")[-1] != "T5Config" or statement.scope:
