@@ -36,6 +36,12 @@ One command, five stages (each cached in `--work_dir`, so a rerun resumes):
    (t-SNE of per-protein embeddings of the DeepLoc validation proteins,
    coloured by location, random LM beside trained LM, as the paper's Fig. 4).
 
+A pretraining run longer than one sitting: run with the whole schedule
+(`train.train_steps`, the learning-rate schedule's length) and a
+`--train_minutes` that fits, `--stop_after pretrain`; keep `<work_dir>/pretrain`;
+later, the same command with `--resume_pretraining` trains on from its last
+checkpoint exactly as an unbroken run would (same data order, same schedule).
+
 The acid-test criterion: trained-LM CB513 Q3 minus random-LM CB513 Q3 is
 more than twice the combined standard error sqrt(se_trained^2 + se_random^2)
 (bootstrap over proteins).
@@ -1157,6 +1163,13 @@ def markdown(rep: dict) -> str:
 # --------------------------------------------------------------------------
 # Main.
 # --------------------------------------------------------------------------
+STAGES = ("pretrain", "export", "probe_data", "embed", "probes")
+
+
+class _StopAfter(Exception):
+  """Raised after the stage named by --stop_after."""
+
+
 def build_parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1205,6 +1218,15 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--embed_token_budget", type=int, default=16384)
   ap.add_argument("--tsne_perplexity", type=float, default=30.0)
   ap.add_argument("--fresh", action="store_true", help="delete --work_dir first")
+  ap.add_argument("--resume_pretraining", action="store_true",
+                  help="train on from the run's latest checkpoint for another "
+                       "--train_minutes even though an earlier invocation finished the "
+                       "pretrain stage (its budget ran out); with the same settings the run "
+                       "follows its schedule as if it had never stopped: for a "
+                       "train.train_steps longer than one sitting")
+  ap.add_argument("--stop_after", choices=STAGES[:-1],
+                  help="stop after this stage (its cache written, no report), e.g. to keep "
+                       "a multi-sitting run's pretrain/ folder between sittings")
   ap.add_argument("--name", default="acid_test",
                   help="output names: <out>/<name>.md, .json, <name>_pretraining.png, _tsne.png")
   ap.add_argument("--investigation", action="append", default=[],
@@ -1254,6 +1276,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   work = os.path.abspath(args.work_dir)
   if args.fresh and os.path.exists(work):
     shutil.rmtree(work)
+  if args.resume_pretraining:
+    for suffix in (".json", ".time.json"):
+      path = os.path.join(work, f"stage_pretrain{suffix}")
+      if os.path.exists(path):
+        os.remove(path)
   os.makedirs(work, exist_ok=True)
   os.makedirs(args.out, exist_ok=True)
   t_start = time.time()
@@ -1293,13 +1320,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           "%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     _log(f"stage {name} {'loaded' if was_cached else 'done'} in "
          f"{(time.time() - t) / 60:.1f} min")
+    if name == args.stop_after:
+      _log(f"stopping after stage {name} (--stop_after)")
+      raise _StopAfter
     return out
 
-  rep["pretraining"] = whole_run(stage("pretrain", pretrain, args, work))
-  rep["encoders"] = stage("export", export_encoders, args, work, rep["pretraining"])
-  rep["probe_data"] = stage("probe_data", make_probe_data, args, work)
-  rep["embeddings"] = stage("embed", embed_probe_data, args, work, rep["probe_data"],
-                            rep["encoders"])
+  try:
+    rep["pretraining"] = whole_run(stage("pretrain", pretrain, args, work))
+    rep["encoders"] = stage("export", export_encoders, args, work, rep["pretraining"])
+    rep["probe_data"] = stage("probe_data", make_probe_data, args, work)
+    rep["embeddings"] = stage("embed", embed_probe_data, args, work, rep["probe_data"],
+                              rep["encoders"])
+  except _StopAfter:
+    return 0
   probes = stage("probes", run_probes, args, work, rep["probe_data"])
   probes["folds"] = args.folds
   rep["probes"] = probes
@@ -1319,7 +1352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(diag_path) as f:
       rep["diagnostics"] = json.load(f)
   rep["cached_stages"] = list(cached)
-  if len(cached) == 5 and previous is not None:
+  if len(cached) == len(STAGES) and previous is not None:
     # Nothing ran: a re-render of the earlier run's report (its clock, machine
     # and command stand; the figures and text are redrawn).
     for key in ("command", "started_utc", "finished_utc", "wall_seconds", "machine"):

@@ -299,6 +299,24 @@ def test_resumed_pretraining_reports_the_whole_run(acid_run, tmp_path):
   assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def test_resume_pretraining_trains_on_and_stop_after_writes_no_report(acid_run, tmp_path):
+  """A run longer than one sitting: the finished pretrain stage is trained on
+  from its checkpoint (not reloaded from its cache), and --stop_after ends the
+  invocation there without a report."""
+  acid, argv, root, rep = acid_run
+  work, out = tmp_path / "work", tmp_path / "out"
+  shutil.copytree(root / "work", work)
+  moved = {"--work_dir": str(work), "--out": str(out)}
+  resumed_argv = [moved.get(prev, a) for prev, a in zip([None] + argv, argv)]
+  assert acid.main(resumed_argv + ["--resume_pretraining", "--stop_after", "pretrain"]) == 0
+  assert not (out / "acid_test.json").exists()
+  pre = json.loads((work / "stage_pretrain.json").read_text())
+  assert pre["start_step"] == rep["pretraining"]["final_step"] < pre["final_step"]
+  # The trained LM's downstream caches went with the old stage; the random LM's stay.
+  assert not (work / "stage_export.json").exists()
+  assert (work / "probes" / "random_lm_CB513.h5").exists()
+
+
 def test_encoder_mlm_loss_matches_numpy():
   """The investigation objective: tied-embedding logits of the encoder, CE at masked positions."""
   import jax
