@@ -14,6 +14,8 @@ shuffle buffer to fill). For each configuration it counts batches for about
   excluded), which is what packing improves;
 - masked fraction of residues (a sanity check: ~0.15 for t5/bert; for bert
   the selected positions, incl. the 10% kept and 10% random ones).
+`--resume_steps`: seconds from building a t5 pipeline that resumes at each
+step to its first batch (what a restarted run waits for its data).
 Packing ("pack True") fills rows with several proteins: fewer rows per
 second (seqio's packer works one protein at a time) but more residues per row.
 
@@ -89,6 +91,18 @@ def measure(task: str, files: list[str], *, length: int, batch_size: int, second
   }
 
 
+def measure_resume(task: str, files: list[str], *, length: int, batch_size: int,
+                   start_step: int) -> dict:
+  """Seconds from building a pipeline that resumes at `start_step` to its first batch."""
+  from protjax.data import pipeline  # pylint: disable=import-outside-toplevel
+  t0 = time.perf_counter()
+  next(pipeline.get_dataset(task, split="train", sequence_length=length,
+                            batch_size=batch_size, seed=0, start_step=start_step,
+                            source_files=files))
+  return {"task": task, "start_step": start_step, "records_before": start_step * batch_size,
+          "seconds_to_first_batch": round(time.perf_counter() - t0, 2)}
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -101,6 +115,8 @@ def main(argv=None) -> int:
   p.add_argument("--objectives", nargs="+", default=["t5", "bert"],
                  choices=["t5", "bert", "electra"])
   p.add_argument("--pack", action="store_true", help="also time packed t5 examples")
+  p.add_argument("--resume_steps", type=int, nargs="*", default=[0, 1000, 100_000],
+                  help="also time a resume at these steps (t5, first batch)")
   p.add_argument("--out", default=os.path.join(REPO, "bench", "results", "data_pipeline.json"))
   args = p.parse_args(argv)
 
@@ -118,6 +134,9 @@ def main(argv=None) -> int:
   for task, pack in configs:
     rows.append(measure(task, files, length=args.length, batch_size=args.batch_size,
                         seconds=args.seconds, warmup=args.warmup, pack=pack))
+  resumes = [measure_resume("protjax_sample_t5", files, length=args.length,
+                            batch_size=args.batch_size, start_step=k)
+             for k in args.resume_steps]
   load_after = os.getloadavg()[0]
 
   print(f"\nData pipeline, {len(files)} FASTA file(s), length {args.length}, "
@@ -129,12 +148,16 @@ def main(argv=None) -> int:
     obj = r["task"].rsplit("_", 1)[1]
     print(f"{obj:<10} {str(r['pack']):<5} {r['examples_per_s']:>11,.0f} "
           f"{r['residues_per_s']:>12,.0f} {r['masked_fraction']:>7.3f} {r['batches']:>8}")
+  for r in resumes:
+    print(f"resume at step {r['start_step']:,} ({r['records_before']:,} records in): first "
+          f"batch after {r['seconds_to_first_batch']:.2f} s")
   cpu = platform.processor() or platform.machine()
   if os.path.exists("/proc/cpuinfo"):
     names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
     cpu = names[0] if names else cpu
   result = {"files": files, "machine": f"{platform.node()} ({cpu})", "cpu_count": os.cpu_count(), "load_avg_1min_before": load_before,
-            "load_avg_1min_after": load_after, "target_examples_per_s": 5000, "results": rows}
+            "load_avg_1min_after": load_after, "target_examples_per_s": 5000, "results": rows,
+            "resume": resumes}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   from protjax.files import write_text_atomic  # pylint: disable=import-outside-toplevel
   write_text_atomic(args.out, json.dumps(result, indent=2))

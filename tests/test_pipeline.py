@@ -101,6 +101,40 @@ def test_same_seed_step_identical_and_resume(tmp_path):
   assert not np.array_equal(other_seed["decoder_target_tokens"], run[0]["decoder_target_tokens"])
 
 
+def test_resume_many_epochs_in_jumps_to_its_epoch(tmp_path, monkeypatch):
+  """Batches straddle epoch boundaries (20 records, batch 8); a resume far
+  into the run gives the uninterrupted run's batches and reads a few epochs
+  of records, not every record before the resume step."""
+  files = _corpus(tmp_path, n_records=20)
+  kw = dict(source_files=files, validation_fraction=0.0)
+  run = _batches(12, **kw)
+  for start in (5, 7, 11):  # record 40 = epoch 2 offset 0; 56 = epoch 2 offset 16
+    for a, b in zip(run[start:], _batches(12 - start, start_step=start, **kw)):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+  dropped = dict(kw, length_policy="drop", sequence_length=100)  # some proteins dropped
+  run = _batches(8, **dropped)
+  for a, b in zip(run[6:], _batches(2, start_step=6, **dropped)):
+    np.testing.assert_array_equal(a["decoder_target_tokens"], b["decoder_target_tokens"])
+  # Epochs hold the same records in a new order.
+  one = pipeline.get_spec("protjax_sample_t5").source.replace(patterns=files,
+                                                              validation_fraction=0.0)
+  ids = [[i.decode() for i, _ in one.epoch("train", e).as_numpy_iterator()] for e in (0, 1)]
+  assert ids[0] != ids[1] and sorted(ids[0]) == sorted(ids[1])
+
+  read = []
+  records = pipeline._records
+  def counting(*args):
+    for ids_chunk, seqs in records(*args):
+      read.append(len(ids_chunk))
+      yield ids_chunk, seqs
+  monkeypatch.setattr(pipeline, "_records", counting)
+  far = _batches(2, start_step=10_000, **kw)  # record 80,000: epoch 4,000
+  assert sum(read) < 10 * 20
+  monkeypatch.undo()
+  assert len(far) == 2 and far[0]["encoder_input_tokens"].shape == (8, 64)
+
+
 def test_new_masks_every_epoch(tmp_path):
   # 8 records, batch 8, no shuffle: every step holds the same proteins, yet the
   # masks differ from step to step.

@@ -4,10 +4,10 @@ Determinism contract: the batch at global step s depends only on
 (task, split, seed, s, host shard). Resuming with `start_step=k` therefore
 yields exactly batches k, k+1, ... of an uninterrupted run:
 - record order: files sorted, then (train) file order and a record shuffle
-  buffer seeded by `seed`, reshuffled every epoch by tf.data's seeded
-  generator; every transformation runs with deterministic ordering;
-- `start_step` skips whole batches of raw strings before any tokenising or
-  masking, so the skip is cheap (for packing it replays the packer);
+  buffer seeded by (`seed`, epoch); every transformation runs with
+  deterministic ordering;
+- `start_step` skips raw strings before any tokenising or masking, so the
+  skip is cheap (see "Resume cost" below);
 - crop windows and masks are drawn with `tf.random.stateless_*` from
   `step_seed(seed, shard, step, purpose)`: independent for every example of a
   batch, different at every step (so the same protein gets fresh masks each
@@ -23,15 +23,17 @@ never overlap and the split does not depend on file order.
 Multi-host evaluation: with repeat=False hosts may get different numbers of
 batches (shards differ in size); the caller must agree on a step count.
 
-Limitations: resuming replays the raw text stream up to the resume step, at
-about 30k records/s per host on a 2-core CPU (11 s to resume 5,000 steps of 64
-from a 100k-sequence FASTA): cheap for the sample corpus and for a pod whose
-hosts share the records, but hours for a single-host run many UniRef50 epochs
-in (2e9 records at step 1M of batch 2048);
-duplicate ids are checked within a file only.
+Resume cost: every epoch is seeded by (seed, epoch), so a resume builds the
+epoch holding record start_step * batch_size directly; it reads at most one
+epoch to learn the epoch's length, then skips into that epoch (at most two
+epochs of raw text, at about 30k records/s per host on a 2-core CPU), however
+many epochs in. Packing still replays the packer from step 0.
+
+Limitations: duplicate ids are checked within a file only.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
@@ -137,9 +139,19 @@ class FastaSource(seqio.DataSource):
                   shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER) -> tf.data.Dataset:
     """Records `{"id": str, "sequence": str}` of this host's shard of `split`.
 
-    `num_epochs=None` repeats forever; with `shuffle`, file order and a
-    `shuffle_buffer_size` record buffer are reshuffled each epoch from `seed`.
+    `num_epochs=None` repeats forever; with `shuffle`, every epoch has its own
+    file order and `shuffle_buffer_size` record buffer, seeded by (seed, epoch).
     """
+    def one_epoch(epoch):
+      return self.epoch(split, epoch, shuffle=shuffle, seed=seed, shard_info=shard_info,
+                        shuffle_buffer_size=shuffle_buffer_size)
+    return epochs(one_epoch, 0, num_epochs).map(lambda i, s: {"id": i, "sequence": s})
+
+  def epoch(self, split: str, epoch, *, shuffle: bool = True, seed: Optional[int] = None,
+            shard_info: Optional[seqio.ShardInfo] = None,
+            shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER) -> tf.data.Dataset:
+    """(id, sequence) string pairs of one epoch (an int or int64 scalar tensor)
+    of this host's shard of `split`; built without reading the epochs before."""
     if split not in SPLITS:
       raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     files = self.files()
@@ -150,10 +162,11 @@ class FastaSource(seqio.DataSource):
       files, rec_index, rec_count = files[index::count], 0, 1
     else:
       rec_index, rec_count = index, count
-    seed = 0 if seed is None else int(seed)
     file_ds = tf.data.Dataset.from_tensor_slices(files)
+    # Two shuffle seeds per (seed, epoch), distinct across epochs of one seed.
+    file_seed = (0 if seed is None else int(seed)) * 1_000_003 + 2 * tf.cast(epoch, tf.int64)
     if shuffle:
-      file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+      file_ds = file_ds.shuffle(len(files), seed=file_seed)
     signature = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string))
     fraction, check = float(self.validation_fraction), bool(self.check_duplicates)
 
@@ -164,13 +177,41 @@ class FastaSource(seqio.DataSource):
 
     ds = file_ds.interleave(read, cycle_length=max(1, min(self.cycle_length, len(files))),
                             block_length=1)
-    if num_epochs != 1:
-      # Repeat whole epochs (not the file list): tf.data stops repeating an
-      # epoch that yields nothing instead of spinning forever on an empty split.
-      ds = ds.repeat(num_epochs)
     if shuffle:
-      ds = ds.shuffle(shuffle_buffer_size, seed=seed + 1, reshuffle_each_iteration=True)
-    return ds.map(lambda i, s: {"id": i, "sequence": s})
+      ds = ds.shuffle(shuffle_buffer_size, seed=file_seed + 1)
+    return ds
+
+
+def epochs(one_epoch: Callable[[tf.Tensor], tf.data.Dataset], first_epoch: int,
+           num_epochs: Optional[int]) -> tf.data.Dataset:
+  """one_epoch(e) for e = first_epoch, first_epoch + 1, ... back to back
+  (`num_epochs` of them; None = forever, or nothing at all if an epoch is
+  empty, instead of spinning on an empty split or shard)."""
+  if num_epochs is None:
+    with _input_errors():
+      empty = not list(one_epoch(tf.constant(first_epoch, tf.int64)).take(1))
+    if empty:
+      return one_epoch(tf.constant(first_epoch, tf.int64))
+    last = np.iinfo(np.int64).max
+  else:
+    last = first_epoch + num_epochs
+  return tf.data.Dataset.range(first_epoch, last).flat_map(one_epoch)
+
+
+def epoch_and_offset(one_epoch: Callable[[tf.Tensor], tf.data.Dataset],
+                     position: int) -> tuple[int, int]:
+  """Where record `position` of the endless stream of epochs lies: (epoch,
+  offset in it). Counts at most min(position + 1, epoch length) records of
+  one epoch, instead of replaying `position` records: every epoch holds the
+  same records, only their order differs."""
+  if position == 0:
+    return 0, 0
+  with _input_errors():
+    seen = int(one_epoch(tf.constant(0, tf.int64)).take(position + 1).reduce(
+        tf.constant(0, tf.int64), lambda n, _: n + 1))
+  if seen == 0 or seen > position:
+    return 0, position
+  return position // seen, position % seen
 
 
 # --- task registry --------------------------------------------------------------
@@ -285,12 +326,12 @@ def build_dataset(task_name: str, *, split: str, sequence_length, batch_size: in
   shuffle = (split == "train") if shuffle is None else shuffle
   shard = shard_info.index if shard_info else 0
 
-  records = source.get_dataset(split, shuffle=shuffle, seed=seed, shard_info=shard_info,
-                               num_epochs=None if repeat else 1,
-                               shuffle_buffer_size=shuffle_buffer_size)
-  seqs = records.map(lambda r: r["sequence"])
-  if length_policy == "drop":
-    seqs = seqs.filter(lambda s: preprocessors.keep_if_fits(s, max_res))
+  def one_epoch(epoch):
+    seqs = source.epoch(split, epoch, shuffle=shuffle, seed=seed, shard_info=shard_info,
+                        shuffle_buffer_size=shuffle_buffer_size).map(lambda i, s: s)
+    if length_policy == "drop":
+      seqs = seqs.filter(lambda s: preprocessors.keep_if_fits(s, max_res))
+    return seqs
 
   def crop_and_tokenize(step, s):
     s = preprocessors.random_crop(s, max_res, preprocessors.step_seed(
@@ -304,13 +345,18 @@ def build_dataset(task_name: str, *, split: str, sequence_length, batch_size: in
 
   autotune = tf.data.AUTOTUNE
   if not pack:
-    ds = seqs.batch(batch_size, drop_remainder=True).enumerate().skip(start_step)
+    # Batches are runs of records across epoch boundaries: resuming starts in
+    # the epoch that holds record start_step * batch_size.
+    first_epoch, offset = epoch_and_offset(one_epoch, start_step * batch_size)
+    seqs = epochs(one_epoch, first_epoch, None if repeat else 1).skip(offset)
+    ds = seqs.batch(batch_size, drop_remainder=True).enumerate(start=start_step)
     ds = ds.map(lambda step, s: finish(step, preprocessors.pad_to(crop_and_tokenize(step, s),
                                                                   length)),
                 num_parallel_calls=autotune, deterministic=True)
   else:
     # Crop in chunks (seeded by chunk index, independent of start_step), then
     # pack one protein at a time with seqio's deterministic greedy packer.
+    seqs = epochs(one_epoch, 0, None if repeat else 1)
     chunks = seqs.batch(256).enumerate()
     tokens = chunks.map(crop_and_tokenize, num_parallel_calls=autotune, deterministic=True)
     tokens = tokens.unbatch().map(lambda t: {"targets": t})
@@ -324,22 +370,31 @@ def build_dataset(task_name: str, *, split: str, sequence_length, batch_size: in
   return ds.with_options(options).prefetch(autotune)
 
 
-def _numpy_batches(ds: tf.data.Dataset, what: str) -> Iterator[dict[str, np.ndarray]]:
+@contextlib.contextmanager
+def _input_errors():
+  """Reading a dataset: tf.data wraps an InputError raised in the record
+  generator in an opaque OpError; re-raise the original one-line error."""
   _PENDING_ERROR.clear()
+  try:
+    yield
+  except tf.errors.OpError as e:
+    if _PENDING_ERROR:
+      raise _PENDING_ERROR[0] from None
+    raise InputError(f"input pipeline failed: {e.message.splitlines()[0]}") from e
+
+
+def _numpy_batches(ds: tf.data.Dataset, what: str) -> Iterator[dict[str, np.ndarray]]:
   it = ds.as_numpy_iterator()
   count = 0
   while True:
     try:
-      batch = next(it)
+      with _input_errors():
+        batch = next(it)
     except StopIteration:
       if count == 0:
         raise InputError(f"{what} gives not a single complete batch (too few records, or "
                          "none in this split/shard)") from None
       return
-    except tf.errors.OpError as e:
-      if _PENDING_ERROR:
-        raise _PENDING_ERROR[0] from None
-      raise InputError(f"input pipeline failed: {e.message.splitlines()[0]}") from e
     count += 1
     yield batch
 
