@@ -116,6 +116,9 @@ def test_resume_many_epochs_in_jumps_to_its_epoch(tmp_path, monkeypatch):
   run = _batches(8, **dropped)
   for a, b in zip(run[6:], _batches(2, start_step=6, **dropped)):
     np.testing.assert_array_equal(a["decoder_target_tokens"], b["decoder_target_tokens"])
+  # One epoch only (evaluation): a start past its end gives nothing.
+  with pytest.raises(InputError, match="not a single complete batch"):
+    _batches(1, start_step=3, repeat=False, **kw)
   # Epochs hold the same records in a new order.
   one = pipeline.get_spec("protjax_sample_t5").source.replace(patterns=files,
                                                               validation_fraction=0.0)

@@ -347,7 +347,8 @@ def build_dataset(task_name: str, *, split: str, sequence_length, batch_size: in
   if not pack:
     # Batches are runs of records across epoch boundaries: resuming starts in
     # the epoch that holds record start_step * batch_size.
-    first_epoch, offset = epoch_and_offset(one_epoch, start_step * batch_size)
+    first_epoch, offset = (epoch_and_offset(one_epoch, start_step * batch_size) if repeat
+                           else (0, start_step * batch_size))
     seqs = epochs(one_epoch, first_epoch, None if repeat else 1).skip(offset)
     ds = seqs.batch(batch_size, drop_remainder=True).enumerate(start=start_step)
     ds = ds.map(lambda step, s: finish(step, preprocessors.pad_to(crop_and_tokenize(step, s),
