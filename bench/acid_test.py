@@ -534,6 +534,14 @@ def _csv_to_fasta(csv_path: str, fasta_path: str) -> None:
       f">{rid}\n{seq}\n" for rid, seq, _ in readers.read_netsurfp_csv(csv_path)))
 
 
+def drop_stage_cache(work: str, stage_name: str) -> None:
+  """Deletes a stage's cached result and timing, so the next run runs it again."""
+  for suffix in (".json", ".time.json"):
+    path = os.path.join(work, f"stage_{stage_name}{suffix}")
+    if os.path.exists(path):
+      os.remove(path)
+
+
 def forget_trained_lm(work: str) -> None:
   """Deletes what an earlier pretraining left downstream (the trained LM's
   export, embeddings, probes and the later stages' caches), before pretraining
@@ -542,10 +550,7 @@ def forget_trained_lm(work: str) -> None:
   and the baselines' files do not depend on pretraining and stay."""
   import glob
   for stage_name in ("export", "embed", "probes"):
-    for suffix in (".json", ".time.json"):
-      path = os.path.join(work, f"stage_{stage_name}{suffix}")
-      if os.path.exists(path):
-        os.remove(path)
+    drop_stage_cache(work, stage_name)
   for pattern in ("encoders/trained_lm*", "probes/trained_lm_*", "probes/probe_trained_lm_*",
                   "results/*_trained_lm*"):
     for path in glob.glob(os.path.join(work, pattern)):
@@ -1277,10 +1282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.fresh and os.path.exists(work):
     shutil.rmtree(work)
   if args.resume_pretraining:
-    for suffix in (".json", ".time.json"):
-      path = os.path.join(work, f"stage_pretrain{suffix}")
-      if os.path.exists(path):
-        os.remove(path)
+    drop_stage_cache(work, "pretrain")
   os.makedirs(work, exist_ok=True)
   os.makedirs(args.out, exist_ok=True)
   t_start = time.time()
