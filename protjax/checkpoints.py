@@ -11,8 +11,9 @@ item (and every host) is done, so an interrupted save never shows up as the
 latest step. Restoring takes the target shardings, so a checkpoint written on
 one mesh (8-way model parallel) restores on another (4-way).
 
-`PreemptionGuard` turns SIGTERM (a TPU VM preemption notice) into a flag the
-training loop polls: it saves at the step reached and stops cleanly.
+`PreemptionGuard` turns SIGTERM (a TPU VM preemption notice) into a stop the
+training loop checks every step: it saves at the step reached and stops
+cleanly, on every host at the same step.
 """
 from __future__ import annotations
 
@@ -161,21 +162,31 @@ def restore_params(model_dir: str | os.PathLike,
 
 
 class PreemptionGuard:
-  """Turns SIGTERM into a flag; `stop_requested(step)` agrees across hosts.
+  """Turns SIGTERM or `request_stop` into a stop decision every host shares.
 
-  On one host the flag is set by the signal handler. On several hosts each
-  host may see the signal at a different step, so the decision goes through
-  jax's preemption sync point (set up by `jax.distributed.initialize`), which
-  makes every host stop at the same step; the local flag is also honoured.
+  One process: a Python SIGTERM handler sets a flag that is read every step.
+
+  Several processes (`jax.distributed`): SIGTERM is left to jax's own
+  preemption notifier, which tells every host through the coordination
+  service and names a common step, `reached_preemption_sync_point`; that must
+  be asked at every step, and is cheap. A Python handler would supersede the
+  notifier, so only the signalled host would know until the next all-gather.
+  `request_stop` (the wall-clock budget) is local; hosts fold it together
+  with an all-gather, a device collective that drains the dispatch queue, so
+  only on the steps the caller says (`gather`).
   """
 
   def __init__(self, signals=(signal.SIGTERM,)):
     self._event = threading.Event()
     self._previous = {}
     self._signals = signals
+    self._multihost = jax.process_count() > 1
+    self._jax_notifier = (self._multihost
+                          and jax.config.jax_enable_preemption_service)
 
   def __enter__(self) -> "PreemptionGuard":
-    if threading.current_thread() is threading.main_thread():
+    if (not self._jax_notifier
+        and threading.current_thread() is threading.main_thread()):
       for sig in self._signals:
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
@@ -193,20 +204,19 @@ class PreemptionGuard:
   def request_stop(self) -> None:
     self._event.set()
 
-  def stop_requested(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      # The local flag must agree across hosts or they would deadlock in the
-      # save's barriers; fold it into a global decision.
-      from jax.experimental import multihost_utils
-      try:
-        if multihost_utils.reached_preemption_sync_point(step):
-          return True
-      except (RuntimeError, ValueError):
-        pass
-      flags = multihost_utils.process_allgather(
-          np.asarray(self._event.is_set(), np.int32))
-      return bool(np.any(flags))
-    return self._event.is_set()
+  def stop_requested(self, step: int, gather: bool = True) -> bool:
+    """Call at every step, with the same `gather` on every host."""
+    if not self._multihost:
+      return self._event.is_set()
+    from jax.experimental import multihost_utils
+    if (self._jax_notifier
+        and multihost_utils.reached_preemption_sync_point(step)):
+      return True
+    if not gather:
+      return False
+    flags = multihost_utils.process_allgather(
+        np.asarray(self._event.is_set(), np.int32))
+    return bool(np.any(flags))
 
 
 GIN_CONFIGURABLES = (CheckpointConfig,)

@@ -798,9 +798,9 @@ def train(*,
           # Through the guard's flag, so that several hosts agree on the step.
           timed_out = True
           guard.request_stop()
-        # Multi-host polling is a collective: only at log steps.
-        poll = jax.process_count() == 1 or step % log_every == 0
-        if not last and poll and guard.stop_requested(step):
+        # Hosts fold local stop requests with a collective: at log steps.
+        if not last and guard.stop_requested(step,
+                                             gather=step % log_every == 0):
           if pending is not None:
             collect(pending)
             pending = None

@@ -41,20 +41,45 @@ _WORKER = textwrap.dedent("""
 """)
 
 
+_PREEMPTED_WORKER = textwrap.dedent("""
+    import json, os, signal, sys, time
+    sys.path[:0] = [{tests!r}, {repo!r}]
+    from protjax import checkpoints, optim, partitioning, trainer
+    import trainer_toy
+
+    port, process_id, model_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    assert trainer.initialize_distributed(f"127.0.0.1:{{port}}", 2, process_id)
+
+    def preempt_second_host(step):
+      time.sleep(0.01)  # give the notice time to reach the other host
+      if process_id == 1 and step == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    result = trainer.train(
+        model_dir=model_dir, model=trainer_toy.ToyModel(),
+        optimizer=optim.adafactor(optim.constant_schedule(0.05),
+                                  min_dim_size_to_factor=8),
+        train_data=trainer_toy.ToyData(), train_steps={steps},
+        partitioner=partitioning.make_partitioner(2, "tp"),
+        checkpoint=checkpoints.CheckpointConfig(save_every={steps}),
+        log_every={steps}, hooks=[preempt_second_host])
+    print("RESULT " + json.dumps([result.step, result.stopped]), flush=True)
+""")
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path):
+def _run_two_processes(tmp_path, worker: str, model_dir) -> list:
+  """Runs `worker` as processes 0 and 1 of one job; returns their stdouts."""
   script = tmp_path / "worker.py"
-  script.write_text(_WORKER.format(tests=str(TESTS), repo=str(REPO),
-                                   steps=STEPS))
+  script.write_text(worker)
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=4")
   port = _free_port()
-  model_dir = tmp_path / "run"
   procs = [subprocess.Popen(
       [sys.executable, str(script), str(port), str(i), str(model_dir)],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -69,10 +94,20 @@ def test_two_processes_match_one(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  losses = []
-  for out in outputs:
-    line = [l for l in out.splitlines() if l.startswith("LOSSES ")][0]
-    losses.append({int(k): v for k, v in json.loads(line[7:]).items()})
+  return outputs
+
+
+def _tagged_line(out: str, tag: str):
+  return json.loads([l for l in out.splitlines() if l.startswith(tag)][0][len(tag):])
+
+
+def test_two_processes_match_one(tmp_path):
+  model_dir = tmp_path / "run"
+  outputs = _run_two_processes(
+      tmp_path, _WORKER.format(tests=str(TESTS), repo=str(REPO), steps=STEPS),
+      model_dir)
+  losses = [{int(k): v for k, v in _tagged_line(out, "LOSSES ").items()}
+            for out in outputs]
   assert losses[0] == losses[1]
   # Only process 0 writes logs and the console report.
   assert "step 4/4" in outputs[0] and "step 4/4" not in outputs[1]
@@ -95,6 +130,23 @@ def test_two_processes_match_one(tmp_path):
   np.testing.assert_allclose(params["wi"],
                              np.asarray(single.state.params["wi"]), rtol=1e-5,
                              atol=1e-6)
+
+
+def test_sigterm_on_one_host_stops_both_at_one_step_before_any_gather(tmp_path):
+  """Host 1 alone is signalled at step 5; no log step (the all-gather) comes
+  before the end, so only jax's preemption sync point can stop host 0."""
+  steps = 1000
+  model_dir = tmp_path / "run"
+  outputs = _run_two_processes(
+      tmp_path, _PREEMPTED_WORKER.format(tests=str(TESTS), repo=str(REPO),
+                                         steps=steps), model_dir)
+  (step0, stopped0), (step1, stopped1) = [_tagged_line(out, "RESULT ")
+                                          for out in outputs]
+  assert stopped0 == stopped1 == "preempted"
+  assert step0 == step1 and 5 <= step0 < steps
+  ckpt = checkpoints.Checkpointer(model_dir)
+  assert ckpt.latest_step() == step0  # saved by both hosts at that step
+  ckpt.close()
 
 
 def test_gpu_multinode_launcher_gives_each_host_its_process_id():
