@@ -162,9 +162,10 @@ def restore_params(model_dir: str | os.PathLike,
 
 
 class PreemptionGuard:
-  """Turns SIGTERM or `request_stop` into a stop decision every host shares.
+  """Turns SIGTERM or `request_stop` into a stop every host agrees on.
 
-  One process: a Python SIGTERM handler sets a flag that is read every step.
+  One process: a Python SIGTERM handler notes the preemption; it is read
+  every step.
 
   Several processes (`jax.distributed`): SIGTERM is left to jax's own
   preemption notifier, which tells every host through the coordination
@@ -176,8 +177,11 @@ class PreemptionGuard:
   only on the steps the caller says (`gather`).
   """
 
+  # Gathered as 1 + index: a preemption outranks the budget.
+  REASONS = ("time_limit", "preempted")
+
   def __init__(self, signals=(signal.SIGTERM,)):
-    self._event = threading.Event()
+    self._reason: Optional[str] = None
     self._previous = {}
     self._signals = signals
     self._multihost = jax.process_count() > 1
@@ -199,24 +203,30 @@ class PreemptionGuard:
   def _handle(self, signum, frame) -> None:  # pylint: disable=unused-argument
     logging.warning("signal %d received: saving a checkpoint and stopping",
                     signum)
-    self._event.set()
+    self.request_stop("preempted")
 
-  def request_stop(self) -> None:
-    self._event.set()
+  def request_stop(self, reason: str) -> None:
+    """Asks this host to stop, for one of `REASONS`."""
+    if self._reason is None or (self.REASONS.index(reason)
+                                > self.REASONS.index(self._reason)):
+      self._reason = reason
 
-  def stop_requested(self, step: int, gather: bool = True) -> bool:
-    """Call at every step, with the same `gather` on every host."""
+  def stop_requested(self, step: int, gather: bool = True) -> Optional[str]:
+    """Why to stop at `step` (the same on every host), or None to go on.
+
+    Call at every step, with the same `gather` on every host.
+    """
     if not self._multihost:
-      return self._event.is_set()
+      return self._reason
     from jax.experimental import multihost_utils
     if (self._jax_notifier
         and multihost_utils.reached_preemption_sync_point(step)):
-      return True
+      return "preempted"
     if not gather:
-      return False
-    flags = multihost_utils.process_allgather(
-        np.asarray(self._event.is_set(), np.int32))
-    return bool(np.any(flags))
+      return None
+    local = 0 if self._reason is None else 1 + self.REASONS.index(self._reason)
+    top = int(np.max(multihost_utils.process_allgather(np.int32(local))))
+    return None if top == 0 else self.REASONS[top - 1]
 
 
 GIN_CONFIGURABLES = (CheckpointConfig,)

@@ -795,22 +795,24 @@ def train(*,
         for hook in hooks:
           hook(step)
         if deadline is not None and not timed_out and time.monotonic() > deadline:
-          # Through the guard's flag, so that several hosts agree on the step.
+          # Through the guard, so that several hosts agree on the step.
           timed_out = True
-          guard.request_stop()
+          guard.request_stop("time_limit")
         # Hosts fold local stop requests with a collective: at log steps.
-        if not last and guard.stop_requested(step,
-                                             gather=step % log_every == 0):
+        reason = None if last else guard.stop_requested(
+            step, gather=step % log_every == 0)
+        if reason is not None:
           if pending is not None:
             collect(pending)
             pending = None
           if last_saved != step:
             ckpt.save(step, state.params, state.opt_state, meta_base,
                       force=True)
-          stopped = "time_limit" if timed_out else "preempted"
+          stopped = reason
           if is_chief:
-            reason = f"max_minutes={max_minutes}" if timed_out else "SIGTERM"
-            print(f"stopping at step {step} ({reason}); checkpoint saved",
+            why = (f"max_minutes={max_minutes}" if reason == "time_limit"
+                   else "SIGTERM")
+            print(f"stopping at step {step} ({why}); checkpoint saved",
                   flush=True)
           break
       if pending is not None:

@@ -41,7 +41,7 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-_PREEMPTED_WORKER = textwrap.dedent("""
+_STOPPED_WORKER = textwrap.dedent("""
     import json, os, signal, sys, time
     sys.path[:0] = [{tests!r}, {repo!r}]
     from protjax import checkpoints, optim, partitioning, trainer
@@ -50,9 +50,9 @@ _PREEMPTED_WORKER = textwrap.dedent("""
     port, process_id, model_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     assert trainer.initialize_distributed(f"127.0.0.1:{{port}}", 2, process_id)
 
-    def preempt_second_host(step):
-      time.sleep(0.01)  # give the notice time to reach the other host
-      if process_id == 1 and step == 5:
+    def slow_steps(step):
+      time.sleep(0.01)  # give a notice time to reach the other host
+      if {sigterm} and process_id == 1 and step == 5:
         os.kill(os.getpid(), signal.SIGTERM)
 
     result = trainer.train(
@@ -62,7 +62,8 @@ _PREEMPTED_WORKER = textwrap.dedent("""
         train_data=trainer_toy.ToyData(), train_steps={steps},
         partitioner=partitioning.make_partitioner(2, "tp"),
         checkpoint=checkpoints.CheckpointConfig(save_every={steps}),
-        log_every={steps}, hooks=[preempt_second_host])
+        log_every={log_every}, hooks=[slow_steps],
+        max_minutes={budget} if process_id == 1 else None)
     print("RESULT " + json.dumps([result.step, result.stopped]), flush=True)
 """)
 
@@ -132,21 +133,38 @@ def test_two_processes_match_one(tmp_path):
                              atol=1e-6)
 
 
-def test_sigterm_on_one_host_stops_both_at_one_step_before_any_gather(tmp_path):
-  """Host 1 alone is signalled at step 5; no log step (the all-gather) comes
-  before the end, so only jax's preemption sync point can stop host 0."""
+def _stop_one_host(tmp_path, *, sigterm: bool, log_every: int,
+                   budget=None) -> tuple:
+  """Runs 1000 steps on two hosts, stopping host 1 alone (SIGTERM at step 5
+  or a wall-clock budget); checks both stopped at one step, with a
+  checkpoint there, for one reason; returns (step, reason)."""
   steps = 1000
   model_dir = tmp_path / "run"
-  outputs = _run_two_processes(
-      tmp_path, _PREEMPTED_WORKER.format(tests=str(TESTS), repo=str(REPO),
-                                         steps=steps), model_dir)
-  (step0, stopped0), (step1, stopped1) = [_tagged_line(out, "RESULT ")
-                                          for out in outputs]
-  assert stopped0 == stopped1 == "preempted"
-  assert step0 == step1 and 5 <= step0 < steps
+  worker = _STOPPED_WORKER.format(tests=str(TESTS), repo=str(REPO),
+                                  steps=steps, sigterm=sigterm,
+                                  log_every=log_every, budget=budget)
+  results = [tuple(_tagged_line(out, "RESULT "))
+             for out in _run_two_processes(tmp_path, worker, model_dir)]
+  assert results[0] == results[1], results
+  step, reason = results[0]
+  assert 1 <= step < steps
   ckpt = checkpoints.Checkpointer(model_dir)
-  assert ckpt.latest_step() == step0  # saved by both hosts at that step
+  assert ckpt.latest_step() == step  # saved by both hosts at that step
   ckpt.close()
+  return step, reason
+
+
+def test_sigterm_on_one_host_stops_both_before_any_gather(tmp_path):
+  # No log step (the all-gather) before the end: only jax's preemption sync
+  # point can tell host 0.
+  step, reason = _stop_one_host(tmp_path, sigterm=True, log_every=1000)
+  assert reason == "preempted" and step >= 5
+
+
+def test_one_hosts_budget_stops_both_at_a_log_step_for_the_same_reason(tmp_path):
+  step, reason = _stop_one_host(tmp_path, sigterm=False, log_every=4,
+                                budget=1 / 60)
+  assert reason == "time_limit" and step % 4 == 0
 
 
 def test_gpu_multinode_launcher_gives_each_host_its_process_id():
