@@ -180,10 +180,10 @@ class PreemptionGuard:
   # Gathered as 1 + index: a preemption outranks the budget.
   REASONS = ("time_limit", "preempted")
 
-  def __init__(self, signals=(signal.SIGTERM,)):
+  def __init__(self):
     self._reason: Optional[str] = None
-    self._previous = {}
-    self._signals = signals
+    self._installed = False
+    self._previous_handler = None
     self._multihost = jax.process_count() > 1
     self._jax_notifier = (self._multihost
                           and jax.config.jax_enable_preemption_service)
@@ -191,18 +191,17 @@ class PreemptionGuard:
   def __enter__(self) -> "PreemptionGuard":
     if (not self._jax_notifier
         and threading.current_thread() is threading.main_thread()):
-      for sig in self._signals:
-        self._previous[sig] = signal.signal(sig, self._handle)
+      self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
     return self
 
   def __exit__(self, *exc) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous.clear()
+    if self._installed:  # None: set outside Python; the default is closest
+      signal.signal(signal.SIGTERM, self._previous_handler or signal.SIG_DFL)
+      self._installed = False
 
   def _handle(self, signum, frame) -> None:  # pylint: disable=unused-argument
-    logging.warning("signal %d received: saving a checkpoint and stopping",
-                    signum)
+    logging.warning("SIGTERM received: saving a checkpoint and stopping")
     self.request_stop("preempted")
 
   def request_stop(self, reason: str) -> None:
