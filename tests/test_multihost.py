@@ -19,8 +19,10 @@ TESTS = pathlib.Path(__file__).parent
 REPO = TESTS.parent
 STEPS = 4
 
+# One job's worker: host 1 alone may be signalled at step 5 or given a
+# wall-clock budget; the short sleep gives a notice time to reach host 0.
 _WORKER = textwrap.dedent("""
-    import json, sys
+    import json, os, signal, sys, time
     sys.path[:0] = [{tests!r}, {repo!r}]
     from protjax import checkpoints, optim, partitioning, trainer
     import trainer_toy
@@ -29,29 +31,9 @@ _WORKER = textwrap.dedent("""
     assert trainer.initialize_distributed(f"127.0.0.1:{{port}}", 2, process_id)
     import jax
     assert jax.process_count() == 2 and jax.local_device_count() == 4
-    result = trainer.train(
-        model_dir=model_dir, model=trainer_toy.ToyModel(),
-        optimizer=optim.adafactor(optim.constant_schedule(0.05),
-                                  min_dim_size_to_factor=8),
-        train_data=trainer_toy.ToyData(), train_steps={steps},
-        partitioner=partitioning.make_partitioner(2, "tp"),
-        checkpoint=checkpoints.CheckpointConfig(save_every=2), log_every=2)
-    losses = {{s: m["loss"] for s, m in result.history.items()}}
-    print("LOSSES " + json.dumps(losses), flush=True)
-""")
-
-
-_STOPPED_WORKER = textwrap.dedent("""
-    import json, os, signal, sys, time
-    sys.path[:0] = [{tests!r}, {repo!r}]
-    from protjax import checkpoints, optim, partitioning, trainer
-    import trainer_toy
-
-    port, process_id, model_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    assert trainer.initialize_distributed(f"127.0.0.1:{{port}}", 2, process_id)
 
     def slow_steps(step):
-      time.sleep(0.01)  # give a notice time to reach the other host
+      time.sleep({sleep})
       if {sigterm} and process_id == 1 and step == 5:
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -61,11 +43,20 @@ _STOPPED_WORKER = textwrap.dedent("""
                                   min_dim_size_to_factor=8),
         train_data=trainer_toy.ToyData(), train_steps={steps},
         partitioner=partitioning.make_partitioner(2, "tp"),
-        checkpoint=checkpoints.CheckpointConfig(save_every={steps}),
+        checkpoint=checkpoints.CheckpointConfig(save_every={save_every}),
         log_every={log_every}, hooks=[slow_steps],
         max_minutes={budget} if process_id == 1 else None)
+    losses = {{s: m["loss"] for s, m in result.history.items()}}
+    print("LOSSES " + json.dumps(losses), flush=True)
     print("RESULT " + json.dumps([result.step, result.stopped]), flush=True)
 """)
+
+
+def _worker(*, steps: int, save_every: int, log_every: int, sleep=0.0,
+            sigterm=False, budget=None) -> str:
+  return _WORKER.format(tests=str(TESTS), repo=str(REPO), steps=steps,
+                        save_every=save_every, log_every=log_every,
+                        sleep=sleep, sigterm=sigterm, budget=budget)
 
 
 def _free_port() -> int:
@@ -105,8 +96,7 @@ def _tagged_line(out: str, tag: str):
 def test_two_processes_match_one(tmp_path):
   model_dir = tmp_path / "run"
   outputs = _run_two_processes(
-      tmp_path, _WORKER.format(tests=str(TESTS), repo=str(REPO), steps=STEPS),
-      model_dir)
+      tmp_path, _worker(steps=STEPS, save_every=2, log_every=2), model_dir)
   losses = [{int(k): v for k, v in _tagged_line(out, "LOSSES ").items()}
             for out in outputs]
   assert losses[0] == losses[1]
@@ -140,9 +130,8 @@ def _stop_one_host(tmp_path, *, sigterm: bool, log_every: int,
   checkpoint there, for one reason; returns (step, reason)."""
   steps = 1000
   model_dir = tmp_path / "run"
-  worker = _STOPPED_WORKER.format(tests=str(TESTS), repo=str(REPO),
-                                  steps=steps, sigterm=sigterm,
-                                  log_every=log_every, budget=budget)
+  worker = _worker(steps=steps, save_every=steps, log_every=log_every,
+                   sleep=0.01, sigterm=sigterm, budget=budget)
   results = [tuple(_tagged_line(out, "RESULT "))
              for out in _run_two_processes(tmp_path, worker, model_dir)]
   assert results[0] == results[1], results
