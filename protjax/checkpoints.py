@@ -177,11 +177,12 @@ class PreemptionGuard:
   only on the steps the caller says (`gather`).
   """
 
-  # Gathered as 1 + index: a preemption outranks the budget.
+  # A request is kept as 1 + its index (0: none), so that the larger wins,
+  # here and in the all-gather: a preemption outranks the budget.
   REASONS = ("time_limit", "preempted")
 
   def __init__(self):
-    self._reason: Optional[str] = None
+    self._code = 0
     self._installed = False
     self._previous_handler = None
     self._multihost = jax.process_count() > 1
@@ -206,26 +207,23 @@ class PreemptionGuard:
 
   def request_stop(self, reason: str) -> None:
     """Asks this host to stop, for one of `REASONS`."""
-    if self._reason is None or (self.REASONS.index(reason)
-                                > self.REASONS.index(self._reason)):
-      self._reason = reason
+    self._code = max(self._code, 1 + self.REASONS.index(reason))
 
   def stop_requested(self, step: int, gather: bool = True) -> Optional[str]:
     """Why to stop at `step` (the same on every host), or None to go on.
 
     Call at every step, with the same `gather` on every host.
     """
-    if not self._multihost:
-      return self._reason
-    from jax.experimental import multihost_utils
-    if (self._jax_notifier
-        and multihost_utils.reached_preemption_sync_point(step)):
-      return "preempted"
-    if not gather:
-      return None
-    local = 0 if self._reason is None else 1 + self.REASONS.index(self._reason)
-    top = int(np.max(multihost_utils.process_allgather(np.int32(local))))
-    return None if top == 0 else self.REASONS[top - 1]
+    code = self._code
+    if self._multihost:
+      from jax.experimental import multihost_utils
+      if (self._jax_notifier
+          and multihost_utils.reached_preemption_sync_point(step)):
+        return "preempted"
+      if not gather:
+        return None
+      code = int(np.max(multihost_utils.process_allgather(np.int32(code))))
+    return self.REASONS[code - 1] if code else None
 
 
 GIN_CONFIGURABLES = (CheckpointConfig,)
