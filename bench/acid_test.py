@@ -323,7 +323,7 @@ def _seed_encoder(model_dir: Optional[str], config):
 
 
 def pretrain(args, work: str) -> dict:
-  """Trains (or resumes) ProtT5-mini; returns curves, steps and held-out scores."""
+  """Trains (or resumes) the acid-test ProtT5; returns curves, steps and held-out scores."""
   import gin
   import jax
   from protjax import trainer

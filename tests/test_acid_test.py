@@ -320,6 +320,30 @@ def test_resume_pretraining_trains_on_and_stop_after_writes_no_report(acid_run, 
   assert (work / "probes" / "random_lm_CB513.h5").exists()
 
 
+def test_default_run_is_the_wide_model_on_a_schedule_ending_at_its_last_step():
+  """The default command's gin: ProtT5-mini-wide, and a learning rate that
+  warms up to 0.01 and reaches 0 at train.train_steps, which ACID_STEPS
+  moves together (a longer run set with train.train_steps alone would
+  train on at rate 0)."""
+  import gin
+  from protjax import optim
+  from protjax.models import t5
+  acid = _load_script()
+  for extra, steps in (([], 11000), (["--gin", "ACID_STEPS = 3000"], 3000)):
+    args = acid.build_parser().parse_args(extra)
+    acid._parse_gin([args.model_gin, args.gin_file], args.gin)
+    try:
+      config = gin.get_configurable(t5.T5Config)()
+      assert (config.d_model, config.num_encoder_layers) == (128, 3)
+      # train.train_steps is %ACID_STEPS: a macro reference, resolved by calling it.
+      assert gin.query_parameter("train.train_steps").scoped_configurable_fn() == steps
+      rate = gin.get_configurable(optim.linear_warmup_decay)()
+      assert float(rate(1000)) == pytest.approx(0.01)
+      assert float(rate(steps - 1)) > 0 and float(rate(steps)) == 0
+    finally:
+      gin.clear_config()
+
+
 def test_encoder_mlm_loss_matches_numpy():
   """The investigation objective: tied-embedding logits of the encoder, CE at masked positions."""
   import jax
