@@ -849,7 +849,7 @@ def standing(probes: dict, probe_data: dict) -> list[str]:
       se = math.sqrt(t["se"] ** 2 + o["se"] ** 2)
       verdict = ("better" if d > 2 * se else "worse" if d < -2 * se
                  else "within 2 combined SE")
-      parts.append(f"{name} {d:+.1f} points = {d / se if se else float('nan'):+.1f} combined SE, "
+      parts.append(f"{name} {d:+.1f} points = {d / se if se else float('nan'):+.2f} combined SE, "
                    f"{verdict}")
     out.append(f"- vs {KIND_LABELS[kind]}: " + "; ".join(parts) + ".")
   gap = [f"{name} {q} {PAPER[name][q] - v:.1f} points below"
@@ -919,7 +919,7 @@ def investigation_markdown(invs: list) -> list[str]:
              f"{start}{inv['final_step']} | "
              f"{100 * inv['heldout']['masked_residue_accuracy']:.2f}% | "
              f"{inv['ss_train_chains']:,} | {_cell(t['CB513_Q3'])} | "
-             f"{_cell(inv['table']['random_lm']['CB513_Q3'])} | {c['ratio']:.1f} | "
+             f"{_cell(inv['table']['random_lm']['CB513_Q3'])} | {c['ratio']:.2f} | "
              f"{'passed' if c['passed'] else 'not met'} | {_cell(t['DeepLoc_Q10'])} |")
   return L + [""]
 
@@ -1017,10 +1017,11 @@ def markdown(rep: dict) -> str:
     L.append(f"Re-rendered {rep['rerendered_utc']} by the same script from that run's {source} "
              f"(no stage re-run; {rep.get('rerender_reason', '')}).\n")
   L.append("## Verdict\n")
+  # Ratios to two decimals everywhere: 1.96 must not print as "2.0" beside NOT MET.
   L.append(f"Acid-test criterion (trained-LM CB513 Q3 − random-LM CB513 Q3 > 2 × combined SE): "
            f"{verdict}. Trained {crit['trained_q3']:.2f} ± {crit['trained_se']:.2f}, random "
            f"{crit['random_q3']:.2f} ± {crit['random_se']:.2f}: difference "
-           f"{crit['difference']:+.2f} points = {crit['ratio']:.1f} × the combined SE "
+           f"{crit['difference']:+.2f} points = {crit['ratio']:.2f} × the combined SE "
            f"({crit['combined_se']:.2f}).\n")
   paired = [(kind, rep["paired"][kind]) for kind in KIND_LABELS if rep["paired"].get(kind)]
   if paired:
@@ -1374,7 +1375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   c = rep["acid_criterion"]
   _log(f"acid criterion {'PASSED' if c['passed'] else 'NOT MET'}: CB513 Q3 trained "
        f"{c['trained_q3']:.2f} vs random {c['random_q3']:.2f} "
-       f"(diff {c['difference']:+.2f}, {c['ratio']:.1f} x combined SE)")
+       f"(diff {c['difference']:+.2f}, {c['ratio']:.2f} x combined SE)")
   return 0
 
 

@@ -163,6 +163,9 @@ def test_table_and_criterion_consistent(acid_run):
   assert c["difference"] == pytest.approx(t["accuracy"] - r["accuracy"])
   assert c["combined_se"] == pytest.approx(math.hypot(t["se"], r["se"]))
   assert c["passed"] == (c["difference"] > 2 * c["combined_se"])
+  # A ratio just short of 2 reads as short of 2 (it once printed "2.0" beside NOT MET).
+  near = {**rep, "acid_criterion": {**c, "ratio": 1.956, "passed": False}}
+  assert "= 1.96 × the combined SE" in acid.markdown(near)
   # Subsampling as asked; the 4 validation-file repeats left DeepLoc train first.
   pd_ = rep["probe_data"]
   assert pd_["netsurfp_train_chains"] == {"used": 20, "of": 30,
