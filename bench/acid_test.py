@@ -5,7 +5,7 @@
 One command, five stages (each cached in `--work_dir`, so a rerun resumes):
 
 1. pretrain: ProtT5-mini-wide (`--model_gin`, then `gin_configs/runs/acid_test.gin`:
-   11,000 steps, linear warm-up and decay to 0, about 56 min on 2 CPU cores)
+   11,000 steps, linear warm-up and decay to 0, about 54 min on 2 CPU cores)
    with the ProtT5 objective (15% of residues -> <extra_id_0>, the decoder
    rebuilds the whole sequence) on the FASTA files in `<data>/pretraining/`;
    5% of the sequences (by id hash, `DataConfig.validation_fraction`) are
@@ -1206,7 +1206,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "protjax.data.numpy_pipeline); auto: seqio if TensorFlow is installed")
   ap.add_argument("--train_minutes", type=float, default=65.0,
                   help="wall-clock budget of pretraining (incl. compilation); a safety net, "
-                       "the default 11,000 steps take about 56 min on 2 quiet cores")
+                       "the default 11,000 steps take about 54 min on 2 quiet cores")
   ap.add_argument("--random_seed", type=int, default=1234,
                   help="init seed of the random-LM control")
   ap.add_argument("--seed", type=int, default=0, help="subsampling and probe seed")
