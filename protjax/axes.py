@@ -14,6 +14,14 @@ MLP = "mlp"
 HEADS = "heads"
 KV = "kv"
 RELPOS_BUCKETS = "relpos_buckets"
+# BERT / ALBERT: rows of the learned absolute position table (40,000) and of
+# the token-type table, and the width of the token-embedding space (ALBERT's
+# factorised `embedding_size`, 128; BERT's equals `embed`). That width has a
+# name of its own because ALBERT's `[token_embed, embed]` projection and the
+# MLM head's `[embed, token_embed]` dense would otherwise name `embed` twice.
+ABSPOS = "abspos"
+TOKEN_TYPES = "token_types"
+TOKEN_EMBED = "token_embed"
 
 # Activation axes.
 BATCH = "batch"
@@ -24,5 +32,5 @@ ACT_HEADS = "act_heads"
 ACT_KV = "act_kv"
 ACT_VOCAB = "act_vocab"
 
-PARAM_AXES = (VOCAB, EMBED, MLP, HEADS, KV, RELPOS_BUCKETS)
+PARAM_AXES = (VOCAB, EMBED, MLP, HEADS, KV, RELPOS_BUCKETS, ABSPOS, TOKEN_TYPES, TOKEN_EMBED)
 ACTIVATION_AXES = (BATCH, LENGTH, ACT_EMBED, ACT_MLP, ACT_HEADS, ACT_KV, ACT_VOCAB)

@@ -56,22 +56,32 @@ _ACT_TP: Rules = (
     (axes.ACT_MLP, MODEL), (axes.ACT_HEADS, MODEL), (axes.ACT_KV, None),
     (axes.ACT_VOCAB, MODEL))
 
+# BERT / ALBERT tables stay whole without FSDP. The token-embedding width is
+# never split: it shares kernels with `embed` (ALBERT's projection, the MLM
+# head), so it cannot follow `embed` onto `data`.
+_BERT_REPLICATED: Rules = ((axes.ABSPOS, None), (axes.TOKEN_TYPES, None),
+                           (axes.TOKEN_EMBED, None))
+# FSDP: the 40,000-row position table is ~10% of ProtBert and has no `embed`
+# dimension, so it is split over `data` by rows instead.
+_BERT_FSDP: Rules = ((axes.ABSPOS, DATA), (axes.TOKEN_TYPES, None),
+                     (axes.TOKEN_EMBED, None))
+
 _PARAMS_REPLICATED: Rules = (
     (axes.VOCAB, None), (axes.EMBED, None), (axes.MLP, None),
-    (axes.HEADS, None), (axes.KV, None), (axes.RELPOS_BUCKETS, None))
+    (axes.HEADS, None), (axes.KV, None), (axes.RELPOS_BUCKETS, None)) + _BERT_REPLICATED
 # t5x standard_logical_axis_rules (parameter_partitioning_dims=1).
 _PARAMS_TP: Rules = (
     (axes.VOCAB, MODEL), (axes.EMBED, None), (axes.MLP, MODEL),
-    (axes.HEADS, MODEL), (axes.KV, None), (axes.RELPOS_BUCKETS, None))
+    (axes.HEADS, MODEL), (axes.KV, None), (axes.RELPOS_BUCKETS, None)) + _BERT_REPLICATED
 # FSDP: every weight has an `embed` dimension except the tiny relative
 # position tables; sharding it over `data` splits ~all parameter and optimiser
 # memory over the data-parallel replicas (t5x parameter_partitioning_dims=2).
 _PARAMS_FSDP: Rules = (
     (axes.VOCAB, None), (axes.EMBED, DATA), (axes.MLP, None),
-    (axes.HEADS, None), (axes.KV, None), (axes.RELPOS_BUCKETS, None))
+    (axes.HEADS, None), (axes.KV, None), (axes.RELPOS_BUCKETS, None)) + _BERT_FSDP
 _PARAMS_FSDP_TP: Rules = (
     (axes.VOCAB, MODEL), (axes.EMBED, DATA), (axes.MLP, MODEL),
-    (axes.HEADS, MODEL), (axes.KV, None), (axes.RELPOS_BUCKETS, None))
+    (axes.HEADS, MODEL), (axes.KV, None), (axes.RELPOS_BUCKETS, None)) + _BERT_FSDP
 
 RULE_SETS: Mapping[str, Rules] = {
     "dp": _PARAMS_REPLICATED + _ACT_REPLICATED,

@@ -277,14 +277,36 @@ def dot_product_attention(query, key, value, *, bias=None, mask=None, impl: str 
                            dropout_rng if dropout_active else None, dtype)
 
 
+def token_segments(tokens: jnp.ndarray, segment_ids: jnp.ndarray | None) -> jnp.ndarray:
+  """Attention segments `[batch, length]`: segment id (or 1) for tokens, 0 for padding (id 0)."""
+  seg = jnp.ones_like(tokens, jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+  return jnp.where(tokens > 0, seg, 0)
+
+
+def positions_or_arange(length: int, positions: jnp.ndarray | None) -> jnp.ndarray:
+  """`[batch|1, length]` int32 positions (arange when unpacked)."""
+  if positions is None:
+    return jnp.arange(length, dtype=jnp.int32)[None]
+  return positions.astype(jnp.int32)
+
+
 class MultiHeadAttention(nn.Module):
-  """T5 attention block: q/k/v projections `[embed, heads, kv]`, out `[heads, kv, embed]`.
+  """Attention block: q/k/v projections `[embed, heads, kv]`, out `[heads, kv, embed]`.
+
+  T5 (the defaults): no biases, no logit scaling (t5x folds 1/sqrt(d_kv) into
+  the query initialisation). BERT: biases on all four projections and the
+  projected queries multiplied by `query_scale` (1/sqrt(d_kv)), which is the
+  same as scaling the logits, so every `impl` computes BERT unchanged.
 
   Attributes:
     num_heads, d_kv: head count and size.
     dropout_rate: on the attention weights (training only).
     impl, block_size: see `dot_product_attention`.
     dtype: compute dtype.
+    use_bias: biases `[heads, kv]` on q/k/v and `[embed]` on the output.
+    query_scale: multiplies the projected queries; None leaves them as they are.
+    kernel_init: initializer of all four kernels; None: t5x's fan-in
+      initialisation (queries additionally / sqrt(d_kv)).
   """
   num_heads: int
   d_kv: int
@@ -292,6 +314,9 @@ class MultiHeadAttention(nn.Module):
   impl: str = "einsum"
   block_size: int = 512
   dtype: jnp.dtype = jnp.float32
+  use_bias: bool = False
+  query_scale: float | None = None
+  kernel_init: layers.Initializer | None = None
 
   @nn.compact
   def __call__(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray, *, bias=None, mask=None,
@@ -300,14 +325,20 @@ class MultiHeadAttention(nn.Module):
     assert inputs_q.ndim == 3 and inputs_kv.ndim == 3, (inputs_q.shape, inputs_kv.shape)
     d_model = inputs_q.shape[-1]
     qkv_axes = (axes.EMBED, axes.HEADS, axes.KV)
-    # t5x folds the 1/sqrt(d_kv) logit scaling into the query initialisation.
-    base_init = layers.fan_in_init(1.0, "normal", num_in_axes=1)
-    query_init = lambda k, s, d=jnp.float32: base_init(k, s, d) / jnp.sqrt(self.d_kv).astype(d)
+    if self.kernel_init is None:
+      # t5x folds the 1/sqrt(d_kv) logit scaling into the query initialisation.
+      base_init = layers.fan_in_init(1.0, "normal", num_in_axes=1)
+      query_init = lambda k, s, d=jnp.float32: base_init(k, s, d) / jnp.sqrt(self.d_kv).astype(d)
+      out_init = layers.fan_in_init(1.0, "normal", num_in_axes=2)
+    else:
+      base_init = query_init = out_init = self.kernel_init
     proj = functools.partial(layers.DenseGeneral, features=(self.num_heads, self.d_kv),
-                             kernel_axes=qkv_axes, dtype=self.dtype)
+                             kernel_axes=qkv_axes, dtype=self.dtype, use_bias=self.use_bias)
     q = proj(kernel_init=query_init, name="query")(inputs_q)
     k = proj(kernel_init=base_init, name="key")(inputs_kv)
     v = proj(kernel_init=base_init, name="value")(inputs_kv)
+    if self.query_scale is not None:
+      q = q * jnp.asarray(self.query_scale, q.dtype)
     act = (axes.BATCH, axes.LENGTH, axes.ACT_HEADS, axes.ACT_KV)
     q = layers.with_sharding_constraint(q, act)
     k = layers.with_sharding_constraint(k, act)
@@ -320,7 +351,6 @@ class MultiHeadAttention(nn.Module):
                               dropout_rng=dropout_rng, dtype=self.dtype)  # [b, q, h, d]
     x = layers.with_sharding_constraint(x, act)
     out = layers.DenseGeneral(d_model, kernel_axes=(axes.HEADS, axes.KV, axes.EMBED),
-                              num_in_axes=2, dtype=self.dtype,
-                              kernel_init=layers.fan_in_init(1.0, "normal", num_in_axes=2),
-                              name="out")(x)
+                              num_in_axes=2, dtype=self.dtype, kernel_init=out_init,
+                              use_bias=self.use_bias, name="out")(x)
     return out

@@ -8,6 +8,7 @@ are already in half precision (the inference path).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -48,11 +49,12 @@ def fan_in_init(scale: float = 1.0, distribution: str = "truncated_normal",
 
 
 class DenseGeneral(nn.Module):
-  """Bias-free linear map contracting the trailing `num_in_axes` input axes.
+  """Linear map contracting the trailing `num_in_axes` input axes, bias optional.
 
   Kernel shape is `in_shape + features`, e.g. `[embed, heads, kv]` for a query
   projection (`features=(heads, kv)`) or `[heads, kv, embed]` for the output
-  projection (`num_in_axes=2`).
+  projection (`num_in_axes=2`). T5 has no biases; BERT's projections have one
+  of shape `features` (initialised to zero).
 
   Attributes:
     features: output feature shape.
@@ -60,12 +62,16 @@ class DenseGeneral(nn.Module):
     num_in_axes: how many trailing input axes are contracted.
     dtype: compute dtype.
     kernel_init: initializer (receives the full kernel shape).
+    use_bias: add a bias `[features]` after the product.
+    bias_axes: logical names of the bias axes (default: the kernel's output axes).
   """
   features: int | Sequence[int]
   kernel_axes: tuple[str, ...]
   num_in_axes: int = 1
   dtype: DType = jnp.float32
   kernel_init: Initializer | None = None
+  use_bias: bool = False
+  bias_axes: tuple[str, ...] | None = None
 
   @nn.compact
   def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
@@ -79,7 +85,13 @@ class DenseGeneral(nn.Module):
     inputs = jnp.asarray(inputs, self.dtype)
     contract_in = tuple(range(inputs.ndim - self.num_in_axes, inputs.ndim))
     contract_k = tuple(range(self.num_in_axes))
-    return jax.lax.dot_general(inputs, kernel, ((contract_in, contract_k), ((), ())))
+    out = jax.lax.dot_general(inputs, kernel, ((contract_in, contract_k), ((), ())))
+    if not self.use_bias:
+      return out
+    bias_axes = self.bias_axes or tuple(self.kernel_axes[self.num_in_axes:])
+    assert len(bias_axes) == len(features), (bias_axes, features)
+    bias = param_with_axes("bias", nn.initializers.zeros, features, jnp.float32, axes=bias_axes)
+    return out + jnp.asarray(bias, self.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -99,6 +111,37 @@ class RMSNorm(nn.Module):
     mean2 = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
     y = x * jax.lax.rsqrt(mean2 + self.epsilon) * jnp.asarray(scale, jnp.float32)
     return jnp.asarray(y, self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """BERT layer norm: `(x - mean) * rsqrt(var + eps) * scale + bias` over the last axis.
+
+  Computed in float32 like `RMSNorm` (also for half-precision inputs and
+  parameters), then cast to `dtype`. Input/output `[..., features]`.
+
+  Attributes:
+    epsilon: added to the (biased) variance, as `torch.nn.LayerNorm`.
+    dtype: output dtype.
+    axis_name: logical name of the normalised axis (`embed` for the residual
+      stream; ALBERT's factorised embedding has a name of its own).
+  """
+  epsilon: float = 1e-12
+  dtype: DType = jnp.float32
+  axis_name: str = axes.EMBED
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    shape = (x.shape[-1],)
+    scale = param_with_axes("scale", nn.initializers.ones, shape, jnp.float32,
+                            axes=(self.axis_name,))
+    bias = param_with_axes("bias", nn.initializers.zeros, shape, jnp.float32,
+                           axes=(self.axis_name,))
+    x = jnp.asarray(x, jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+    y = centred * jax.lax.rsqrt(var + self.epsilon) * jnp.asarray(scale, jnp.float32)
+    return jnp.asarray(y + jnp.asarray(bias, jnp.float32), self.dtype)
 
 
 def _threefry_words(rng: jax.Array, shape: tuple[int, ...]) -> list[jnp.ndarray] | None:
@@ -201,19 +244,29 @@ class MlpBlock(nn.Module):
 
 
 class Embed(nn.Module):
-  """Token embedding `[vocab, embed]`, also used (tied) as the output softmax.
+  """Embedding table `[rows, features]`, also usable (tied) as the output softmax.
 
-  Initialised normal(std 1.0) as in t5x/Mesh-TF, whose T5 scales nothing at
-  the input; the output side is scaled by `d_model**-0.5` in the decoder.
+  T5 initialises its token table normal(std 1.0) as t5x/Mesh-TF do, whose T5
+  scales nothing at the input; the output side is scaled by `d_model**-0.5`
+  in the decoder. BERT's tables (tokens, positions, token types) use std
+  `initializer_range` (0.02) and logical names of their own.
+
+  Attributes:
+    num_embeddings, features: table shape.
+    dtype: compute dtype of the looked-up rows.
+    stddev: standard deviation of the normal initialisation.
+    embedding_axes: logical names of the table's two axes.
   """
   num_embeddings: int
   features: int
   dtype: DType = jnp.float32
+  stddev: float = 1.0
+  embedding_axes: tuple[str, str] = (axes.VOCAB, axes.EMBED)
 
   def setup(self):
     self.embedding = param_with_axes(
-        "embedding", nn.initializers.normal(stddev=1.0),
-        (self.num_embeddings, self.features), jnp.float32, axes=(axes.VOCAB, axes.EMBED))
+        "embedding", nn.initializers.normal(stddev=self.stddev),
+        (self.num_embeddings, self.features), jnp.float32, axes=self.embedding_axes)
 
   def __call__(self, ids: jnp.ndarray) -> jnp.ndarray:
     """`[batch, length]` int -> `[batch, length, embed]` in `dtype`."""
@@ -255,3 +308,15 @@ def clamp_half(x: jnp.ndarray) -> jnp.ndarray:
     return x
   limit = float(np.finfo(np.float16).max) - 1000.0
   return jnp.clip(x, -limit, limit)
+
+
+def maybe_remat(cls, enabled: bool):
+  """`cls`, rematerialised when `enabled`; its last call argument stays static.
+
+  Layers take `deterministic` last; it selects code paths, so it must be a
+  Python bool under `nn.remat` (which counts `self` as argument 0).
+  """
+  if not enabled:
+    return cls
+  num_args = len(inspect.signature(cls.__call__).parameters)
+  return nn.remat(cls, static_argnums=(num_args - 1,))

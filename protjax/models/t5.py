@@ -29,7 +29,7 @@ so a `params_axes` collection holds its logical names; no biases anywhere):
   decoder/decoder_norm/scale
 
 `T5Encoder` has exactly the `token_embedder` and `encoder` subtrees
-(`protjax.hf_convert` maps this tree to and from Hugging Face T5 names).
+(`protjax.hf.t5` maps this tree to and from Hugging Face T5 names).
 
 Packing: segment ids (0 = padding) restrict attention to the same protein,
 and positions (restarting at 0 per protein) give the relative buckets, so a
@@ -38,7 +38,6 @@ packed row computes exactly what each protein alone would.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import pathlib
 from typing import Any, Mapping
 
@@ -123,11 +122,12 @@ GIN_CONFIGURABLES = (T5Config,)
 
 # ----------------------------------------------------------------------------- configs
 
-def _read_gin_bindings(path: pathlib.Path, seen: tuple = ()) -> dict[str, Any]:
-  """`T5Config.<field> = <literal>` bindings of a gin file (following `include`s).
+def read_gin_bindings(path: pathlib.Path, config_cls: type, seen: tuple = ()) -> dict[str, Any]:
+  """`<ConfigClass>.<field> = <literal>` bindings of a gin file (following `include`s).
 
   Uses gin's own parser but not its global registry, so `get_config` has no
   side effects on the process's gin state (a trainer may parse other files).
+  Shared by every family's `get_config` (`config_cls`: T5Config, BertConfig).
   """
   from gin import config_parser  # gin stays out of module import time.
 
@@ -145,7 +145,8 @@ def _read_gin_bindings(path: pathlib.Path, seen: tuple = ()) -> dict[str, Any]:
   if not path.is_file():
     raise InputError("model gin file not found", path=str(path))
   bindings: dict[str, Any] = {}
-  fields = {f.name for f in dataclasses.fields(T5Config)}
+  fields = {f.name for f in dataclasses.fields(config_cls)}
+  name = config_cls.__name__
   with open(path) as f:
     parser = config_parser.ConfigParser(f, _NoReferences())
     for statement in parser:
@@ -156,12 +157,12 @@ def _read_gin_bindings(path: pathlib.Path, seen: tuple = ()) -> dict[str, Any]:
           # files say `include 'gin_configs/...'`, relative to the repo root.
           beside = path.parent / included
           included = beside if beside.is_file() else GIN_DIR.parents[1] / included
-        bindings.update(_read_gin_bindings(included.resolve(), seen + (path,)))
+        bindings.update(read_gin_bindings(included.resolve(), config_cls, seen + (path,)))
       elif isinstance(statement, config_parser.BindingStatement):
-        if statement.selector.split(".")[-1] != "T5Config" or statement.scope:
+        if statement.selector.split(".")[-1] != name or statement.scope:
           continue  # not ours (a run gin may bind other things)
         if statement.arg_name not in fields:
-          raise InputError(f"unknown T5Config field {statement.arg_name!r}", path=str(path),
+          raise InputError(f"unknown {name} field {statement.arg_name!r}", path=str(path),
                            position=statement.location.line_num)
         bindings[statement.arg_name] = statement.value
   return bindings
@@ -180,7 +181,7 @@ def get_config(name: str, **overrides) -> T5Config:
     if not path.is_file():
       raise InputError(f"unknown model config {name!r}; choose one of {CONFIG_NAMES} "
                        "or give a gin file path")
-  bindings = _read_gin_bindings(path.resolve())
+  bindings = read_gin_bindings(path.resolve(), T5Config)
   bindings.update(overrides)
   try:
     return T5Config(**bindings)
@@ -193,17 +194,8 @@ def get_config(name: str, **overrides) -> T5Config:
 _RESIDUAL = (axes.BATCH, axes.LENGTH, axes.ACT_EMBED)
 
 
-def _segments(tokens: jnp.ndarray, segment_ids: jnp.ndarray | None) -> jnp.ndarray:
-  """Attention segments `[batch, length]`: segment id (or 1) for tokens, 0 for padding."""
-  seg = jnp.ones_like(tokens, jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-  return jnp.where(tokens > 0, seg, 0)
-
-
-def _positions(length: int, positions: jnp.ndarray | None) -> jnp.ndarray:
-  """`[batch|1, length]` int32 positions (arange when unpacked)."""
-  if positions is None:
-    return jnp.arange(length, dtype=jnp.int32)[None]
-  return positions.astype(jnp.int32)
+_segments = attn_lib.token_segments
+_positions = attn_lib.positions_or_arange
 
 
 def _prepare(config: T5Config, bias, mask):
@@ -215,11 +207,7 @@ def _prepare(config: T5Config, bias, mask):
 
 def _maybe_remat(cls, config: T5Config):
   """`cls`, rematerialised if `config.remat`; `deterministic` (last argument) stays static."""
-  if not config.remat:
-    return cls
-  # nn.remat counts `self` as argument 0.
-  num_args = len(inspect.signature(cls.__call__).parameters)
-  return nn.remat(cls, static_argnums=(num_args - 1,))
+  return layers.maybe_remat(cls, config.remat)
 
 
 def _attention(cfg: T5Config, name: str) -> attn_lib.MultiHeadAttention:
