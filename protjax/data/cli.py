@@ -6,11 +6,16 @@ prints a few examples decoded back to residues: the masked input (masked
 residues shown as `<extra_id_0>` for ProtT5, `[MASK]` for ProtBert) and the
 target, plus the masking rate. Bad input (unknown task, missing or malformed
 FASTA) gives a one-line `error: ...` and exit status 2.
+
+    protjax-data prepare --input 'FASTA glob' --output DIR
+
+converts FASTA once into a prepared corpus (`protjax.data.prepared`).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -41,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["prepare"]:  # a subcommand with its own flags, parsed in its module
+    from protjax.data import prepared  # pylint: disable=import-outside-toplevel
+    return prepared.prepare_main(argv[1:])
   args = _parser().parse_args(argv)
   if args.num < 1 or args.length < 3:
     raise InputError("--num must be >= 1 and --length >= 3")
