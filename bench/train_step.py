@@ -16,9 +16,9 @@ both see the same load on a shared machine.
   factored second moments, decay 0.8, update clipping 1.0, updates scaled by
   the parameter RMS, no momentum) at a constant learning rate.
 * Hugging Face: `transformers.T5ForConditionalGeneration` built from
-  `protjax.hf_convert.hf_config` (ReLU FF, tied embedding, same sizes and
+  `protjax.hf.t5.hf_config` (ReLU FF, tied embedding, same sizes and
   dropout), with protjax's initial parameters copied in through
-  `hf_convert.to_hf_state_dict`, so both sides compute the same function from
+  `hf_t5.to_hf_state_dict`, so both sides compute the same function from
   the same weights; the same loss (token-weighted cross-entropy + 1e-4
   z-loss, computed from the logits as protjax does); `transformers`'
   Adafactor with the same settings (scale_parameter=True, relative_step=False,
@@ -82,7 +82,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from protjax import files  # noqa: E402
-from protjax import hf_convert  # noqa: E402
+from protjax.hf import t5 as hf_t5  # noqa: E402
 from protjax import optim  # noqa: E402
 from protjax import partitioning  # noqa: E402
 from protjax import trainer  # noqa: E402
@@ -263,7 +263,7 @@ class HFStep:
     self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if self.device.type == "cpu":
       torch.set_num_threads(os.cpu_count())
-    hf_dict = hf_convert.hf_config(config, hf_convert.ENCODER_DECODER)
+    hf_dict = hf_t5.hf_config(config, hf_t5.ENCODER_DECODER)
     hf_dict["use_cache"] = False
     kwargs = {}
     if attn_implementation:
@@ -271,7 +271,7 @@ class HFStep:
     hf_cfg = transformers.T5Config(**hf_dict, **kwargs)
     model = transformers.T5ForConditionalGeneration(hf_cfg)
     state = {k: torch.from_numpy(np.array(v)) for k, v in
-             hf_convert.to_hf_state_dict(params, config).items()}
+             hf_t5.to_hf_state_dict(params, config).items()}
     result = model.load_state_dict(state, strict=False)
     tied = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
             "lm_head.weight"}

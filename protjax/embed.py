@@ -1,20 +1,21 @@
-"""Embed proteins with a protjax T5 encoder: FASTA in, HDF5 out (`protjax-embed`).
+"""Embed proteins with a protjax encoder of any family: FASTA in, HDF5 out (`protjax-embed`).
 
 The pipeline, as ESM's `extract.py` and ProtTrans' embedder do it, but with a
 small fixed set of padded shapes so jit compiles a handful of programs:
 
 1. read and validate every record up front (an error never leaves output);
-2. sort by length (longest first) and bucket each protein's token count
-   (residues + `</s>`) onto a fixed ladder of lengths;
+2. frame each protein with its family's special tokens (ProtT5: residues +
+   `</s>`; ProtBert / ProtAlbert: `[CLS]` + residues + `[SEP]`), sort by
+   length (longest first) and bucket each token count onto a fixed ladder;
 3. per bucket, batch `token_budget // bucket_len` proteins (a multiple of the
    local device count), padding the last batch with dummy rows (a protein's
    shape, hence its numbers, never depends on the other proteins);
 4. run the encoder data-parallel over all local devices (params replicated,
    batch sharded); above `long_threshold` tokens use blockwise attention (memory
    linear in length) and one protein per device;
-5. drop the `</s>` row and padding, mean-pool the residues for per-protein
-   vectors, write one dataset per protein (resumable: ids already in the
-   output are skipped).
+5. drop the special tokens' rows and padding, mean-pool the residues for
+   per-protein vectors, write one dataset per protein (resumable: ids already
+   in the output are skipped).
 
 Library entry points: `Embedder` (model + batching + jitted forward),
 `embed_fasta(...)` (the whole pipeline) and `main` (the CLI).
@@ -31,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from protjax.errors import InputError, cli_main
-from protjax.vocab import PROTT5_RESIDUES, ProtT5Vocabulary
+from protjax.vocab import PROTT5_RESIDUES, TokenListVocabulary
 
 # Token-length ladder for padded shapes: powers of two and the halfway points
 # (x1.5), so padding wastes at most a third and on average ~15%. Lengths above
@@ -45,8 +46,6 @@ DEFAULT_MAX_LENGTH = 40000      # residues; titin (~35k) fits
 VALID_RESIDUES = frozenset(PROTT5_RESIDUES + PROTT5_RESIDUES.lower())
 DTYPES = ("float32", "bfloat16", "float16")
 STORAGE_DTYPES = ("float32", "float16")
-EOS_ID = 1
-PAD_ID = 0
 
 
 # --------------------------------------------------------------------------
@@ -58,7 +57,7 @@ class Batching:
 
   Attributes:
     token_budget: padded tokens per batch, over all devices together.
-    ladder: increasing bucket lengths (tokens, `</s>` included).
+    ladder: increasing bucket lengths (tokens, special tokens included).
     long_threshold: buckets longer than this are "long": blockwise attention,
       one protein per device.
     long_step: above the ladder, lengths round up to a multiple of this.
@@ -77,7 +76,7 @@ class Batching:
       raise ValueError("token_budget, long_step and num_shards must be positive")
 
   def bucket(self, num_tokens: int) -> int:
-    """Padded length for a protein of `num_tokens` tokens (`</s>` included)."""
+    """Padded length for a protein of `num_tokens` tokens (special tokens included)."""
     for b in self.ladder:
       if num_tokens <= b:
         return b
@@ -104,7 +103,7 @@ class Batching:
     arrays. The price is at most one part-empty batch per bucket used.
 
     Args:
-      num_tokens: tokens per protein (residues + 1).
+      num_tokens: tokens per protein (residues + special tokens).
 
     Returns:
       `[(bucket_len, indices)]`, each with `len(indices) <= batch_size(bucket_len)`;
@@ -121,22 +120,33 @@ class Batching:
     return batches
 
 
-def pad_batch(token_rows: Sequence[np.ndarray], bucket_len: int,
-              batch_size: int) -> np.ndarray:
-  """Stacks token rows into `[batch_size, bucket_len]` int32, padded with 0.
+def pad_batch(token_rows: Sequence[np.ndarray], bucket_len: int, batch_size: int,
+              vocab: TokenListVocabulary) -> dict[str, np.ndarray]:
+  """Stacks framed token rows into one padded batch, all `[batch_size, bucket_len]`.
 
-  Dummy rows (beyond `len(token_rows)`) hold a lone `</s>`, so no row is fully
-  masked (a fully masked softmax row could give NaN, harmless but noisy).
+  Returns:
+    tokens (int32, `vocab.pad_id` after each row), segment_ids (int32: 1 on
+    a row's tokens, 0 on padding; the models take padding from these, not
+    from the pad id, which an imported vocabulary may put anywhere) and
+    residue_mask (bool: the residues, without the framing tokens). Dummy
+    rows (beyond `len(token_rows)`) hold the frame of an empty protein, so no
+    row is fully masked (a fully masked softmax row could give NaN, harmless
+    but noisy).
   """
   if len(token_rows) > batch_size:
     raise ValueError(f"{len(token_rows)} rows do not fit a batch of {batch_size}")
-  out = np.full((batch_size, bucket_len), PAD_ID, np.int32)
-  out[len(token_rows):, 0] = EOS_ID
-  for r, row in enumerate(token_rows):
+  rows = list(token_rows) + [vocab.frame("")] * (batch_size - len(token_rows))
+  tokens = np.full((batch_size, bucket_len), vocab.pad_id, np.int32)
+  segment_ids = np.zeros((batch_size, bucket_len), np.int32)
+  residue_mask = np.zeros((batch_size, bucket_len), bool)
+  first, last = len(vocab.prefix_ids), len(vocab.suffix_ids)
+  for r, row in enumerate(rows):
     if len(row) > bucket_len:
       raise ValueError(f"row of {len(row)} tokens does not fit length {bucket_len}")
-    out[r, :len(row)] = row
-  return out
+    tokens[r, :len(row)] = row
+    segment_ids[r, :len(row)] = 1
+    residue_mask[r, first:len(row) - last] = True
+  return {"tokens": tokens, "segment_ids": segment_ids, "residue_mask": residue_mask}
 
 
 # --------------------------------------------------------------------------
@@ -170,55 +180,52 @@ def validate_records(records: Iterable[tuple[str, str]], *, max_length: int,
   return out
 
 
-def tokenize(seq: str, vocab: ProtT5Vocabulary) -> np.ndarray:
-  """Residues -> int32 ids with `</s>` appended: `[len(seq) + 1]`."""
-  ids = np.asarray(vocab.encode(seq), np.int32)
-  return np.concatenate([ids, np.array([vocab.eos_id], np.int32)])
-
-
 # --------------------------------------------------------------------------
 # The embed loop, written against a batch function (testable without a model).
 # --------------------------------------------------------------------------
-RunBatch = Callable[[np.ndarray], tuple[Optional[np.ndarray], Optional[np.ndarray]]]
+Batch = dict  # pad_batch's arrays: tokens, segment_ids, residue_mask
+RunBatch = Callable[[Batch], tuple[Optional[np.ndarray], Optional[np.ndarray]]]
 
 
-def pooled_run_batch(encode_fn: Callable[[np.ndarray], np.ndarray], *,
+def pooled_run_batch(encode_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
                      per_residue: bool = True, per_protein: bool = True) -> RunBatch:
-  """Wraps `encode_fn(tokens [b, l]) -> [b, l, d]` into a `RunBatch`.
+  """Wraps `encode_fn(tokens [b, l], segment_ids [b, l]) -> [b, l, d]` into a `RunBatch`.
 
   The wrapper returns `(hidden [b, l, d] | None, mean [b, d] | None)`, the
-  mean over residue positions (token id > 1: no padding, no `</s>`).
+  mean over the residue positions.
   """
-  def run(tokens):
-    hidden = np.asarray(encode_fn(tokens))
-    mean = masked_mean(hidden, tokens, np) if per_protein else None
+  def run(batch):
+    hidden = np.asarray(encode_fn(batch["tokens"], batch["segment_ids"]))
+    mean = masked_mean(hidden, batch["residue_mask"], np) if per_protein else None
     return (hidden if per_residue else None), mean
   return run
 
 
-def masked_mean(hidden, tokens, xnp):
-  """Mean over residues (ids > 1) in float32: `[b, l, d], [b, l] -> [b, d]`."""
-  mask = (tokens > EOS_ID).astype(xnp.float32)[..., None]   # [b, l, 1]
+def masked_mean(hidden, residue_mask, xnp):
+  """Mean over the residues in float32: `[b, l, d], [b, l] bool -> [b, d]`."""
+  mask = residue_mask.astype(xnp.float32)[..., None]        # [b, l, 1]
   total = (hidden.astype(xnp.float32) * mask).sum(axis=1)   # [b, d]
   count = xnp.maximum(mask.sum(axis=1), 1.0)                # [b, 1]
   return total / count
 
 
 def embed_loop(records: Sequence[tuple[str, str]], run_batch: RunBatch,
-               batching: Batching, *, vocab: Optional[ProtT5Vocabulary] = None,
+               batching: Batching, vocab: TokenListVocabulary, *,
                run_long: Optional[RunBatch] = None,
                progress: Optional[Callable[[int], None]] = None,
                ) -> Iterator[tuple[str, Optional[np.ndarray], Optional[np.ndarray]]]:
   """Embeds validated records; yields `(id, per_residue [n, d], per_protein [d])`.
 
-  Output order is the batch plan's (longest first), not the input order.
-  `run_long` (default `run_batch`) handles buckets above the long threshold.
-  One batch is kept in flight: the next is dispatched before the previous
-  result is read back, so host work overlaps device work under async dispatch.
-  `progress(n_residues)` is called after each batch.
+  Proteins are framed by `vocab` (its prefix and suffix tokens), whose rows
+  are dropped again from the per-residue output. Output order is the batch
+  plan's (longest first), not the input order. `run_long` (default
+  `run_batch`) handles buckets above the long threshold. One batch is kept in
+  flight: the next is dispatched before the previous result is read back, so
+  host work overlaps device work under async dispatch. `progress(n_residues)`
+  is called after each batch.
   """
-  vocab = vocab or ProtT5Vocabulary()
-  tokens = [tokenize(seq, vocab) for _, seq in records]
+  tokens = [vocab.frame(seq) for _, seq in records]
+  first = len(vocab.prefix_ids)
   plan = batching.plan([len(t) for t in tokens])
 
   def finish(pending):
@@ -228,16 +235,16 @@ def embed_loop(records: Sequence[tuple[str, str]], run_batch: RunBatch,
     hidden = None if hidden is None else np.asarray(hidden)
     mean = None if mean is None else np.asarray(mean)
     for r, i in enumerate(indices):
-      n = len(tokens[i]) - 1   # residues; drops the `</s>` row
-      yield (records[i][0], None if hidden is None else hidden[r, :n],
+      n = len(records[i][1])
+      yield (records[i][0], None if hidden is None else hidden[r, first:first + n],
              None if mean is None else mean[r])
     if progress is not None:
-      progress(sum(len(tokens[i]) - 1 for i in indices))
+      progress(sum(len(records[i][1]) for i in indices))
 
   pending = None
   for bucket_len, indices in plan:
     batch = pad_batch([tokens[i] for i in indices], bucket_len,
-                      batching.batch_size(bucket_len))
+                      batching.batch_size(bucket_len), vocab)
     fn = run_long if (run_long is not None and batching.is_long(bucket_len)) else run_batch
     result = fn(batch)
     if pending is not None:
@@ -250,32 +257,6 @@ def embed_loop(records: Sequence[tuple[str, str]], run_batch: RunBatch,
 # --------------------------------------------------------------------------
 # Model loading.
 # --------------------------------------------------------------------------
-def load_model(directory: str | os.PathLike):
-  """Loads encoder params from a params checkpoint, a HF T5 dir or a training run.
-
-  The format is auto-detected: a protjax-train model_dir (its latest complete
-  checkpoint), else `protjax.export.import_hf` (params checkpoint or HF); a
-  full encoder-decoder is reduced to its encoder.
-
-  Returns:
-    `(params, config, kind)`, params the encoder-only subtrees
-    (`token_embedder`, `encoder`) as float32 host arrays.
-
-  Raises:
-    InputError when `directory` is missing or holds neither format.
-  """
-  from protjax import export   # deferred: pulls in orbax / safetensors
-  from protjax.models.t5 import encoder_params
-  directory = os.fspath(directory)
-  if not os.path.isdir(directory):
-    raise InputError("model directory does not exist", path=directory)
-  if export.is_training_run(directory):
-    params, config = export.load_training_run(directory)
-    return encoder_params(params), config, export.ENCODER
-  params, config, kind = export.import_hf(directory, kind="encoder")
-  return encoder_params(params), config, kind
-
-
 def _choose_model_parallel(param_bytes: int, devices) -> int:
   """Smallest model-parallel size whose param shard fits in ~half a device.
 
@@ -294,10 +275,11 @@ def _choose_model_parallel(param_bytes: int, devices) -> int:
 
 
 def _cast_on_host(params, dtype: str):
-  """Float params -> `dtype` as host numpy arrays, RMS-norm scales kept float32.
+  """Float params -> `dtype` as host numpy arrays; vectors (norm scales and
+  biases) kept float32, as the models compute their norms in float32.
 
-  The same rule as `protjax.models.t5.to_half_precision`, but on the host: a
-  model split over several devices never passes whole through one of them.
+  On the host: a model split over several devices never passes whole through
+  one of them.
   """
   import jax
   import jax.numpy as jnp
@@ -305,8 +287,7 @@ def _cast_on_host(params, dtype: str):
 
   def cast(path, x):
     x = np.asarray(x)
-    keep = (getattr(path[-1], "key", None) == "scale"
-            or not jnp.issubdtype(x.dtype, jnp.floating))
+    keep = x.ndim <= 1 or not jnp.issubdtype(x.dtype, jnp.floating)
     return x if keep else x.astype(target, copy=False)
   return jax.tree_util.tree_map_with_path(cast, params)
 
@@ -315,11 +296,13 @@ def _cast_on_host(params, dtype: str):
 # The embedder: model + batching + one jitted forward per (attention, outputs).
 # --------------------------------------------------------------------------
 class Embedder:
-  """A T5 encoder ready to embed: params placed on all local devices.
+  """An encoder of any family ready to embed: params placed on all local devices.
 
   Args:
-    params: encoder params (`token_embedder`, `encoder` subtrees).
-    config: the model's `T5Config`.
+    params: encoder params (the family's `encoder_params` subtrees).
+    config: the model's config (its class tells the family).
+    vocabulary: the model's `TokenListVocabulary` (default: the family's
+      released one); frames each protein with the family's special tokens.
     model_name: stored as the `model` attribute of output files.
     dtype: compute dtype ("float32", "bfloat16", "float16"); params are cast
       to it for inference (the model keeps layer norm in float32).
@@ -335,7 +318,8 @@ class Embedder:
     devices: default `jax.local_devices()`.
   """
 
-  def __init__(self, params, config, *, model_name: str = "protjax",
+  def __init__(self, params, config, *, vocabulary: Optional[TokenListVocabulary] = None,
+               model_name: str = "protjax",
                dtype: str = "float32", storage_dtype: str = "float32",
                token_budget: int = DEFAULT_TOKEN_BUDGET,
                max_length: int = DEFAULT_MAX_LENGTH,
@@ -346,6 +330,7 @@ class Embedder:
                model_parallel: int | str = "auto", devices=None):
     import jax
     from protjax import partitioning
+    from protjax.models import registry
     if dtype not in DTYPES:
       raise InputError(f"--dtype {dtype!r} is not one of {DTYPES}")
     if storage_dtype not in STORAGE_DTYPES:
@@ -356,7 +341,8 @@ class Embedder:
     self.dtype = dtype
     self.storage_dtype = storage_dtype
     self.max_length = max_length
-    self.vocab = ProtT5Vocabulary()
+    self.family = registry.family_of(config)
+    self.vocab = vocabulary or self.family.vocabulary()
     self.config = dataclasses.replace(
         config, dtype=dtype, dropout_rate=0.0,
         attention_impl=attention_impl or config.attention_impl)
@@ -378,15 +364,15 @@ class Embedder:
 
   @classmethod
   def from_directory(cls, directory: str | os.PathLike, **kwargs) -> "Embedder":
-    """Loads a params checkpoint or HF directory (auto-detected)."""
-    params, config, _ = load_model(directory)
+    """Loads a params checkpoint, HF directory or training run (auto-detected)."""
+    from protjax import export   # deferred: pulls in orbax / safetensors
+    loaded = export.load_model(directory, kind=export.ENCODER)
     kwargs.setdefault("model_name", os.path.basename(os.path.abspath(directory)))
-    return cls(params, config, **kwargs)
+    return cls(loaded.params, loaded.config, vocabulary=loaded.vocabulary, **kwargs)
 
   def _module(self, long: bool):
-    from protjax.models import t5
     cfg = dataclasses.replace(self.config, attention_impl="blockwise") if long else self.config
-    return t5.T5Encoder(cfg)
+    return self.family.encoder(cfg)
 
   def _shardings_for(self, params):
     import jax
@@ -401,14 +387,20 @@ class Embedder:
 
   def options(self) -> dict:
     """What changes the numbers: stored as the files' `options` attribute."""
-    return {"dtype": self.dtype, "storage_dtype": self.storage_dtype,
-            "eos_dropped": True, "pooling": "mean over residues",
+    names = self.vocab.to_dict()
+    return {"family": self.family.name, "layer": self.family.layer_embedded,
+            "dtype": self.dtype, "storage_dtype": self.storage_dtype,
+            "special_tokens_dropped": names["prefix"] + names["suffix"],
+            "pooling": "mean over residues",
             "attention_impl": self.config.attention_impl,
             "long_threshold": self.batching.long_threshold}
 
   def forward_fn(self, *, long: bool, per_residue: bool = True,
                  per_protein: bool = True):
-    """Jitted `(params, tokens [b, l]) -> (hidden [b, l, d] | None, mean [b, d] | None)`."""
+    """Jitted `(params, batch) -> (hidden [b, l, d] | None, mean [b, d] | None)`.
+
+    `batch`: `pad_batch`'s tokens, segment_ids and residue_mask, `[b, l]` each.
+    """
     key = (long, per_residue, per_protein)
     if key in self._fns:
       return self._fns[key]
@@ -417,14 +409,15 @@ class Embedder:
     module = self._module(long)
     storage = jnp.dtype(self.storage_dtype)
 
-    def forward(params, tokens):
-      hidden = module.apply({"params": params}, tokens)        # [b, l, d]
+    def forward(params, batch):
+      hidden = module.apply({"params": params}, batch["tokens"],
+                            batch["segment_ids"])             # [b, l, d]
       return (hidden.astype(storage) if per_residue else None,
-              masked_mean(hidden, tokens, jnp) if per_protein else None)
+              masked_mean(hidden, batch["residue_mask"], jnp) if per_protein else None)
 
-    batch = self.partitioner.batch_sharding()
-    fn = jax.jit(forward, in_shardings=(self._param_shardings, batch),
-                 out_shardings=batch)
+    sharding = self.partitioner.batch_sharding()
+    fn = jax.jit(forward, in_shardings=(self._param_shardings, sharding),
+                 out_shardings=sharding)
     self._fns[key] = fn
     return fn
 
@@ -435,15 +428,10 @@ class Embedder:
     fn = self.forward_fn(long=long, per_residue=per_residue, per_protein=per_protein)
     sharding = self.partitioner.batch_sharding()
 
-    def run(tokens: np.ndarray):
+    def run(batch: Batch):
       with self.partitioner.activation_context():
-        return fn(self.params, jax.device_put(tokens, sharding))
+        return fn(self.params, jax.device_put(batch, sharding))
     return run
-
-  def encode(self, tokens: np.ndarray, *, long: bool = False) -> np.ndarray:
-    """The raw encoder on one padded batch: `[b, l] -> [b, l, d]` (storage dtype)."""
-    hidden, _ = self.run_batch_fn(long=long, per_protein=False)(np.asarray(tokens, np.int32))
-    return np.asarray(hidden)
 
   def embed(self, records: Iterable[tuple[str, str]], *, per_residue: bool = True,
             per_protein: bool = True, progress: Optional[Callable[[int], None]] = None,
@@ -454,7 +442,7 @@ class Embedder:
     return embed_loop(
         records,
         self.run_batch_fn(long=False, per_residue=per_residue, per_protein=per_protein),
-        self.batching, vocab=self.vocab,
+        self.batching, self.vocab,
         run_long=self.run_batch_fn(long=True, per_residue=per_residue,
                                    per_protein=per_protein),
         progress=progress)

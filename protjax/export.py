@@ -1,20 +1,24 @@
-"""Export ProtT5 (encoder-only orbax checkpoint, Hugging Face directory) and import HF T5.
+"""Export and import models of every family: protjax params checkpoints and Hugging Face.
 
-Three formats:
-- protjax *params checkpoint*: a directory with `config.json` (the `T5Config`
-  fields plus `"family": "prott5"` and `"kind": "encoder" | "encoder_decoder"`)
-  and `params/`, an orbax checkpoint of `{'params': params}`. The embedder loads
-  it; `protjax-import` writes it.
+Three formats, the same for every family (`protjax.models.registry`):
+- protjax *params checkpoint*: a directory with `config.json` (the family's
+  config fields plus `"family"`, `"kind"` — "encoder" or the family's full
+  kind, e.g. "encoder_decoder" for ProtT5, "masked_lm" for ProtBert — and
+  `"vocabulary"`, the token list and framing tokens) and `params/`, an orbax
+  checkpoint of `{'params': params}`. The embedder loads it; `protjax-import`
+  writes it.
 - Hugging Face directory: `config.json`, `model.safetensors` (float32 or
   float16, like the released `prot_t5_xl_half_uniref50-enc`) and tokenizer
-  files, loadable with `T5EncoderModel` / `T5ForConditionalGeneration` and
-  `AutoTokenizer` / `T5Tokenizer`, no sentencepiece model needed.
+  files giving exactly the model's ids, loadable with transformers
+  (`T5EncoderModel`, `BertModel`, `AlbertModel`, ... and `AutoTokenizer`). The
+  weight mapping is one module per family (`protjax.hf`).
 - Training checkpoints (`model_dir`, written by the trainer) are read through
   `protjax.checkpoints.restore_params` and `model_dir/model_config.json`.
 
-Every writer builds its output in a sibling `<dir>.tmp-XXXX` and renames it into
-place, so an interrupted export leaves nothing half-written under the final
-name. Nothing here reads pickle: HF weights are loaded from safetensors only.
+`load_model` reads any of the three (auto-detected). Every writer builds its
+output in a sibling `<dir>.tmp-XXXX` and renames it into place, so an
+interrupted export leaves nothing half-written under the final name. Nothing
+here reads pickle: HF weights are loaded from safetensors only.
 
 CLIs: `protjax-export` (`export_main`) and `protjax-import` (`import_main`).
 """
@@ -24,7 +28,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -33,16 +36,13 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from protjax import hf_convert
 from protjax.errors import InputError, cli_main
-from protjax.hf_convert import ENCODER, ENCODER_DECODER, KINDS
+from protjax.hf import SAFETENSORS_FILE
+from protjax.hf import read_json as _read_json
 
-FAMILY = "prott5"
+ENCODER = "encoder"
 CONFIG_FILE = "config.json"
 PARAMS_SUBDIR = "params"
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
 EXPORT_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -83,66 +83,89 @@ def _write_json(path: str, obj: Any) -> None:
     f.write("\n")
 
 
-def _read_json(path: str) -> dict:
-  if not os.path.isfile(path):
-    raise InputError("file not found", path=path)
-  try:
-    with open(path, encoding="utf-8") as f:
-      obj = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise InputError(f"not valid JSON ({e})", path=path) from None
-  if not isinstance(obj, dict):
-    raise InputError("expected a JSON object", path=path)
-  return obj
-
-
-# --- T5Config <-> JSON -------------------------------------------------------
+# --- configs <-> JSON -------------------------------------------------------
 def config_to_dict(config: Any) -> dict[str, Any]:
-  """The `T5Config` fields as a JSON-able dict."""
+  """A family config's fields as a JSON-able dict."""
   return dataclasses.asdict(config)
 
 
-def config_from_dict(fields: Mapping[str, Any], *, path: Optional[str] = None,
-                     ignore: Sequence[str] = ()) -> Any:
-  """A `T5Config` from its JSON fields; an unknown field is an InputError naming it."""
-  from protjax.models.t5 import T5Config  # deferred: the model pulls in jax/flax
-  known = {f.name for f in dataclasses.fields(T5Config)}
-  for key in fields:
-    if key not in known and key not in ignore:
-      raise InputError(f"unknown T5Config field {key!r}", path=path)
-  try:
-    return T5Config(**{k: v for k, v in fields.items() if k in known})
-  except (TypeError, ValueError) as e:
-    raise InputError(f"invalid T5Config: {e}", path=path) from None
+@dataclasses.dataclass
+class LoadedModel:
+  """A model read from any directory protjax accepts.
+
+  Attributes:
+    params: the parameter tree (host numpy arrays unless a target was given).
+    config: the family's config dataclass.
+    kind: "encoder", or the family's full kind ("encoder_decoder",
+      "masked_lm") when the pretraining head is included.
+    family: the `registry.Family`.
+    vocabulary: the `vocab.TokenListVocabulary` the model was trained with.
+  """
+  params: Any
+  config: Any
+  kind: str
+  family: Any
+  vocabulary: Any
 
 
-def _select(params: Mapping[str, Any], kind: str) -> dict[str, Any]:
-  if kind not in KINDS:
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+def _family_of(config: Any):
+  from protjax.models import registry  # deferred: keeps this module light
+  return registry.family_of(config)
+
+
+def _family_named(name: Any, *, path: str):
+  from protjax.models import registry
+  if name not in registry.FAMILIES:
+    raise InputError(f"config key 'family' is {name!r}, expected one of "
+                     f"{sorted(registry.FAMILIES)} (not a protjax model)", path=path)
+  return registry.FAMILIES[name]
+
+
+def _select(params: Mapping[str, Any], family, kind: str) -> dict[str, Any]:
+  """The subtrees a `kind` export holds: the encoder's, or the whole tree."""
+  if kind not in family.kinds:
+    raise InputError(f"a {family.name} export is one of {family.kinds}, not {kind!r}")
   if kind == ENCODER:
-    from protjax.models.t5 import encoder_params  # deferred: the model pulls in jax/flax
-    return encoder_params(params)
-  if "decoder" not in params:
-    raise InputError("kind 'encoder_decoder' asked for, but the params have no decoder")
+    return family.encoder_params(params)
+  encoder = family.encoder_params(params)
+  if sorted(params) == sorted(encoder):
+    raise InputError(f"{kind!r} asked for, but the params hold the encoder only")
   return dict(params)
+
+
+def _vocabulary_from_dict(meta: Mapping[str, Any], family, *, path: str):
+  from protjax.vocab import TokenListVocabulary
+  stored = meta.get("vocabulary")
+  if stored is None:
+    return family.vocabulary()
+  try:
+    return TokenListVocabulary.from_dict(stored)
+  except (KeyError, TypeError, ValueError) as e:
+    raise InputError(f"config key 'vocabulary' is not a vocabulary ({e})", path=path) from None
 
 
 # --- params checkpoint (orbax) ----------------------------------------------
 def save_params_checkpoint(directory: str | os.PathLike, params: Any, config: Any,
-                           kind: str = ENCODER, *, overwrite: bool = False) -> str:
+                           kind: str = ENCODER, *, overwrite: bool = False,
+                           vocabulary: Any = None) -> str:
   """Writes a protjax params checkpoint atomically; returns its path.
 
   Args:
     directory: output directory (must not exist unless `overwrite`).
-    params: the protjax tree; with `kind="encoder"` only `token_embedder` and
-      `encoder` are written (a decoder is dropped).
-    config: the model's `T5Config`.
-    kind: "encoder" or "encoder_decoder".
+    params: the protjax tree; with `kind="encoder"` only the encoder's
+      subtrees are written (a decoder or MLM head is dropped).
+    config: the model's config (its class tells the family).
+    kind: "encoder" or the family's full kind.
+    vocabulary: the model's `TokenListVocabulary` (default: the family's
+      released one), stored in config.json.
   """
   import orbax.checkpoint as ocp  # deferred: heavy
+  family = _family_of(config)
   # numpy or (sharded) jax leaves alike: orbax writes each shard from its host.
-  params = _select(params, kind)
-  meta = dict(config_to_dict(config), family=FAMILY, kind=kind)
+  params = _select(params, family, kind)
+  vocabulary = vocabulary or family.vocabulary()
+  meta = dict(config_to_dict(config), family=family.name, kind=kind,
+              vocabulary=vocabulary.to_dict())
   with atomic_directory(directory, overwrite=overwrite) as tmp:
     _write_json(os.path.join(tmp, CONFIG_FILE), meta)
     with ocp.StandardCheckpointer() as checkpointer:
@@ -152,41 +175,39 @@ def save_params_checkpoint(directory: str | os.PathLike, params: Any, config: An
 
 
 def is_params_checkpoint(directory: str | os.PathLike) -> bool:
-  """True for a protjax params checkpoint (config.json with family, and params/)."""
+  """True for a protjax params checkpoint (config.json with a family, and params/)."""
   directory = os.fspath(directory)
   path = os.path.join(directory, CONFIG_FILE)
   if not (os.path.isfile(path) and os.path.isdir(os.path.join(directory, PARAMS_SUBDIR))):
     return False
   try:
     with open(path, encoding="utf-8") as f:
-      return json.load(f).get("family") == FAMILY
-  except (OSError, ValueError, AttributeError):
+      return "family" in json.load(f)
+  except (OSError, ValueError, TypeError):
     return False
 
 
-def load_params_checkpoint(directory: str | os.PathLike, target: Any = None
-                           ) -> tuple[dict[str, Any], Any, str]:
+def load_params_checkpoint(directory: str | os.PathLike, target: Any = None) -> LoadedModel:
   """Reads a protjax params checkpoint.
 
   Args:
     directory: written by `save_params_checkpoint` / `protjax-import`.
     target: optional abstract param tree (`jax.ShapeDtypeStruct` leaves with
       shardings) to restore sharded device arrays; default: host numpy arrays.
-  Returns:
-    `(params, config, kind)`.
   """
   import jax
   import orbax.checkpoint as ocp
   directory = os.fspath(directory)
   config_path = os.path.join(directory, CONFIG_FILE)
   meta = _read_json(config_path)
-  if meta.get("family") != FAMILY:
-    raise InputError(f"config key 'family' is {meta.get('family')!r}, expected {FAMILY!r} "
-                     "(not a protjax params checkpoint)", path=config_path)
+  family = _family_named(meta.get("family"), path=config_path)
   kind = meta.get("kind")
-  if kind not in KINDS:
-    raise InputError(f"config key 'kind' is {kind!r}, expected one of {KINDS}", path=config_path)
-  config = config_from_dict(meta, path=config_path, ignore=("family", "kind"))
+  if kind not in family.kinds:
+    raise InputError(f"config key 'kind' is {kind!r}, expected one of {family.kinds}",
+                     path=config_path)
+  vocabulary = _vocabulary_from_dict(meta, family, path=config_path)
+  fields = {k: v for k, v in meta.items() if k not in ("family", "kind", "vocabulary")}
+  config = family.config_from_dict(fields, path=config_path)
   params_path = os.path.abspath(os.path.join(directory, PARAMS_SUBDIR))
   if not os.path.isdir(params_path):
     raise InputError("no params/ checkpoint next to config.json", path=directory)
@@ -197,168 +218,148 @@ def load_params_checkpoint(directory: str | os.PathLike, target: Any = None
       # ShapeDtypeStruct leaves without sharding restore as host numpy arrays.
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)["params"]
     restored = checkpointer.restore(params_path, {"params": target})
-  return restored["params"], config, kind
+  return LoadedModel(restored["params"], config, kind, family, vocabulary)
 
 
 # --- Hugging Face export -------------------------------------------------------
-def _tokenizer_json() -> str:
-  """tokenizer.json of the ProtT5 tokenizer, built without any sentencepiece model.
-
-  A Unigram model whose pieces are `▁A`, `▁L`, ... (one per residue) behind a
-  whitespace + Metaspace pre-tokenizer, as the released ProtT5 tokenizer: for
-  space-separated residues ("M K T") every residue is one piece, and `</s>` is
-  appended by the template post-processor. transformers 5's `T5Tokenizer`
-  rebuilds exactly this pipeline from the Unigram vocabulary, so `AutoTokenizer`,
-  `T5Tokenizer` and `PreTrainedTokenizerFast` all give the same ids.
-
-  Like the released tokenizer (and unlike `ProtT5Vocabulary`, which
-  normalises), it expects space-separated upper-case residues and keeps
-  U Z O B apart: map those to X first (`re.sub(r"[UZOB]", "X", seq)`), as
-  protjax does by default, and the ids equal protjax's.
-  """
-  from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-
-  from protjax.vocab import ProtT5Vocabulary
-  vocab = ProtT5Vocabulary(map_rare_residues=False)
-  tokens = vocab.tokens()
-  residue_score = -math.log(len(vocab.residue_ids))
-  pieces = [(t, 0.0) if t.startswith("<") else ("\u2581" + t, residue_score) for t in tokens]
-  tokenizer = Tokenizer(models.Unigram(pieces, unk_id=vocab.unk_id, byte_fallback=False))
-  tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.WhitespaceSplit(),
-      pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
-  tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always",
-                                         split=True)
-  tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t in tokens if t.startswith("<")])
-  tokenizer.post_processor = processors.TemplateProcessing(
-      single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", vocab.eos_id)])
-  return tokenizer.to_str(pretty=True)
-
-
-def write_tokenizer(directory: str) -> None:
-  """Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json."""
-  with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
-    f.write(_tokenizer_json())
-  extra = [f"<extra_id_{i}>" for i in range(100)]
-  specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
-              "additional_special_tokens": extra}
-  _write_json(os.path.join(directory, "tokenizer_config.json"), dict(
-      specials, tokenizer_class="T5Tokenizer", extra_ids=100, do_lower_case=False,
-      model_max_length=1_000_000_000, clean_up_tokenization_spaces=False))
-  _write_json(os.path.join(directory, "special_tokens_map.json"), specials)
+def write_tokenizer(directory: str, family, vocabulary) -> None:
+  """The family's tokenizer files for `vocabulary` (ids exactly protjax's)."""
+  family.hf().write_tokenizer(directory, vocabulary)
 
 
 def export_hf(params: Any, config: Any, directory: str | os.PathLike, dtype: str = "float32",
-              *, kind: str = ENCODER, overwrite: bool = False, tokenizer: bool = True) -> str:
-  """Writes a Hugging Face T5 directory atomically; returns its path.
+              *, kind: str = ENCODER, overwrite: bool = False, tokenizer: bool = True,
+              vocabulary: Any = None) -> str:
+  """Writes a Hugging Face directory atomically; returns its path.
 
   Args:
-    params: protjax param tree (a decoder is dropped for `kind="encoder"`).
-    config: its `T5Config`.
+    params: protjax param tree (the head is dropped for `kind="encoder"`).
+    config: its config (the class tells the family).
     directory: output directory.
     dtype: "float32" or "float16" (weights rounded to half, like the released
       `prot_t5_xl_half_uniref50-enc`).
-    kind: "encoder" -> `T5EncoderModel`; "encoder_decoder" ->
-      `T5ForConditionalGeneration`.
+    kind: "encoder" (`T5EncoderModel`, `BertModel`, `AlbertModel`) or the
+      family's full kind (`T5ForConditionalGeneration`, `BertForMaskedLM`, ...).
     tokenizer: also write the tokenizer files.
+    vocabulary: the model's vocabulary (default: the family's released one).
   """
   from safetensors.numpy import save_file
   if dtype not in EXPORT_DTYPES:
     raise InputError(f"dtype must be one of {sorted(EXPORT_DTYPES)}, got {dtype!r}")
-  params = _select(params, kind)
+  family = _family_of(config)
+  params = _select(params, family, kind)
+  mapping = family.hf()
   try:
-    state = hf_convert.to_hf_state_dict(params, config, kind=kind, dtype=EXPORT_DTYPES[dtype])
+    state = mapping.to_hf_state_dict(params, config, kind=kind, dtype=EXPORT_DTYPES[dtype])
   except ValueError as e:
     raise InputError(f"params do not fit the config: {e}") from None
   with atomic_directory(directory, overwrite=overwrite) as tmp:
-    _write_json(os.path.join(tmp, CONFIG_FILE), hf_convert.hf_config(config, kind, dtype))
+    _write_json(os.path.join(tmp, CONFIG_FILE), mapping.hf_config(config, kind, dtype))
     # format=pt: transformers refuses safetensors files without it.
     save_file(state, os.path.join(tmp, SAFETENSORS_FILE), metadata={"format": "pt"})
     if tokenizer:
-      write_tokenizer(tmp)
+      write_tokenizer(tmp, family, vocabulary or family.vocabulary())
   return os.path.abspath(os.fspath(directory))
 
 
 # --- Hugging Face import -------------------------------------------------------
-def _load_safetensors(directory: str) -> tuple[dict[str, np.ndarray], str]:
-  """All tensors of `model.safetensors` (or its shards); never reads pickle."""
-  from safetensors.numpy import load_file
-  single = os.path.join(directory, SAFETENSORS_FILE)
-  index = os.path.join(directory, SAFETENSORS_INDEX)
-  if os.path.isfile(single):
-    files, where = [single], single
-  elif os.path.isfile(index):
-    weight_map = _read_json(index).get("weight_map")
-    if not isinstance(weight_map, dict):
-      raise InputError("no 'weight_map' object", path=index)
-    files, where = [os.path.join(directory, f) for f in sorted(set(weight_map.values()))], index
-  else:
-    pickles = [f for f in PICKLE_FILES if os.path.exists(os.path.join(directory, f))]
-    if pickles:
-      raise InputError(
-          f"only {pickles[0]} found: pickle files are not loaded (they can run code). "
-          "Convert once where you trust the file, e.g. "
-          "`T5EncoderModel.from_pretrained(DIR).save_pretrained(OUT, safe_serialization=True)`, "
-          "and import OUT", path=directory)
-    raise InputError(f"no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}", path=directory)
-  state: dict[str, np.ndarray] = {}
-  for f in files:
-    try:
-      part = load_file(f)
-    except Exception as e:  # safetensors raises its own error types
-      raise InputError(f"cannot read safetensors file: {e}", path=f) from None
-    for key in part:
-      if key in state:
-        raise InputError(f"tensor {key!r} appears in more than one shard", path=f)
-    state.update(part)
-  return state, where
+# The default framing tokens' names in tokenizer_config.json / special_tokens_map.json.
+_SPECIAL_KEYS = {"[CLS]": "cls_token", "[SEP]": "sep_token", "</s>": "eos_token",
+                 "[PAD]": "pad_token", "<pad>": "pad_token", "[UNK]": "unk_token",
+                 "<unk>": "unk_token"}
+STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def import_hf(directory: str | os.PathLike, kind: Optional[str] = None
-              ) -> tuple[dict[str, Any], Any, str]:
-  """Reads a Hugging Face T5 directory (safetensors) into protjax params.
+def directory_vocabulary(directory: str, family, vocab_size: int):
+  """The vocabulary a Hugging Face directory's tokenizer files define.
+
+  The token list comes from `vocab.txt` or `tokenizer.json`, the names of the
+  special tokens from `tokenizer_config.json` / `special_tokens_map.json`
+  (the family's released names by default). No tokenizer files: the family's
+  released vocabulary. Raises InputError (naming the directory) for a list
+  whose size differs from the model's, one without the 20 standard residues
+  as single tokens, or one that lacks a special token the family frames
+  proteins with.
+  """
+  from protjax import hf
+  from protjax.vocab import TokenListVocabulary
+  released = family.vocabulary()
+  tokens = hf.read_tokens(directory)
+  if tokens is None:
+    tokens = released.tokens()
+  if len(tokens) != vocab_size:
+    raise InputError(f"the tokenizer has {len(tokens)} tokens but the model's vocab_size is "
+                     f"{vocab_size}", path=directory)
+  missing = [r for r in STANDARD_RESIDUES if r not in tokens]
+  if missing:
+    raise InputError(f"the vocabulary has no token for residue(s) {''.join(missing)}: not a "
+                     "residue-level protein vocabulary", path=directory)
+  specials = hf.special_tokens(directory)
+  names = released.to_dict()
+  rename = lambda t: specials.get(_SPECIAL_KEYS.get(t, ""), t)
+  try:
+    return TokenListVocabulary(tokens, unk_token=rename(names["unk_token"]),
+                               pad_token=rename(names["pad_token"]),
+                               prefix=[rename(t) for t in names["prefix"]],
+                               suffix=[rename(t) for t in names["suffix"]])
+  except ValueError as e:
+    raise InputError(f"{e} (needed to frame proteins as {family.name} does)",
+                     path=directory) from None
+
+
+def import_hf(directory: str | os.PathLike, kind: Optional[str] = None) -> LoadedModel:
+  """Reads a Hugging Face directory (safetensors only) into protjax params.
+
+  The family is read from config.json's `model_type` (`protjax.hf`), the
+  vocabulary from the tokenizer files (`directory_vocabulary`).
 
   Args:
-    directory: holds `config.json` and `model.safetensors` (or a sharded
-      index) of a `T5ForConditionalGeneration` or `T5EncoderModel`.
+    directory: `config.json` + `model.safetensors` (or a sharded index), e.g.
+      a `T5EncoderModel`, `T5ForConditionalGeneration`, `BertModel`,
+      `BertForMaskedLM`, `AlbertModel` or `AlbertForMaskedLM`. A protjax
+      params checkpoint (which also has a config.json) is recognised and
+      loaded as such, so callers need not tell the formats apart.
     kind: "encoder" keeps only the encoder of a full model; default: what the
-      directory holds. A protjax params checkpoint (which also has a
-      config.json) is recognised and loaded as such, so callers need not tell
-      the formats apart.
-  Returns:
-    `(params, config, kind)`, params float32 numpy.
+      directory holds.
   Raises:
     InputError naming the offending config key or tensor.
   """
+  from protjax import hf
+  from protjax.models import registry
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
     raise InputError("directory not found", path=directory)
   if is_params_checkpoint(directory):
-    params, config, stored_kind = load_params_checkpoint(directory)
-    if kind == ENCODER and stored_kind != ENCODER:
-      return _select(params, ENCODER), config, ENCODER
-    if kind == ENCODER_DECODER and stored_kind != ENCODER_DECODER:
-      raise InputError("params checkpoint holds an encoder only, not an encoder-decoder",
-                       path=directory)
-    return params, config, stored_kind
+    loaded = load_params_checkpoint(directory)
+    return _reduce(loaded, kind, where=directory)
   config_path = os.path.join(directory, CONFIG_FILE)
-  hf = _read_json(config_path)
-  fields = hf_convert.config_fields_from_hf(hf, path=config_path)
-  state, where = _load_safetensors(directory)
-  stored_kind = hf_convert.hf_kind(hf, state.keys(), path=config_path)
-  if kind is None:
-    kind = stored_kind
-  elif kind not in KINDS:
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-  elif kind == ENCODER_DECODER and stored_kind == ENCODER:
-    raise InputError("a T5EncoderModel has no decoder to import", path=config_path)
-  config = config_from_dict(fields)
-  params = hf_convert.from_hf_state_dict(state, config, kind, path=where)
-  return params, config, kind
+  hf_dict = _read_json(config_path)
+  mapping = hf.mapping_for(hf_dict, path=config_path)
+  family = registry.get_family(mapping.family_of(hf_dict))
+  config = mapping.config_from_hf(hf_dict, path=config_path)
+  vocabulary = directory_vocabulary(directory, family, int(config.vocab_size))
+  state, where = hf.load_safetensors(directory)
+  stored_kind = mapping.kind_of(hf_dict, state.keys(), path=config_path)
+  kind = stored_kind if kind is None else kind
+  if kind not in family.kinds:
+    raise ValueError(f"kind must be one of {family.kinds}, got {kind!r}")
+  if kind != ENCODER and stored_kind == ENCODER:
+    raise InputError(f"the directory holds an encoder only, not {kind!r}", path=config_path)
+  params = mapping.from_hf_state_dict(state, config, kind, path=where)
+  return LoadedModel(params, config, kind, family, vocabulary)
 
 
-# --- CLIs --------------------------------------------------------------------------
+def _reduce(loaded: LoadedModel, kind: Optional[str], *, where: str) -> LoadedModel:
+  """`loaded` as `kind` (None: as stored): the encoder of a full model, or an error."""
+  if kind is None or kind == loaded.kind:
+    return loaded
+  if kind == ENCODER:
+    return dataclasses.replace(loaded, params=loaded.family.encoder_params(loaded.params),
+                               kind=ENCODER)
+  raise InputError(f"the model holds {loaded.kind!r}, not {kind!r}", path=where)
+
+
+# --- training runs, and any model directory ---------------------------------------
 TRAINING_CONFIG_FILE = "model_config.json"
 
 
@@ -372,11 +373,12 @@ def is_training_run(directory: str | os.PathLike) -> bool:
 
 
 def load_training_run(model_dir: str | os.PathLike, step: Optional[int] = None
-                      ) -> tuple[dict[str, Any], Any]:
-  """Params and config of a training run (`protjax.checkpoints`, model_config.json).
+                      ) -> LoadedModel:
+  """The model of a training run (`protjax.checkpoints`, model_config.json).
 
   `step`: a checkpoint step; default the latest complete one. Params are the
-  full tree the run trains (host arrays).
+  full tree the run trains (host arrays); a run written before families were
+  recorded is ProtT5.
   """
   model_dir = os.fspath(model_dir)
   try:
@@ -384,25 +386,49 @@ def load_training_run(model_dir: str | os.PathLike, step: Optional[int] = None
   except ImportError as e:
     raise InputError(f"training checkpoints cannot be read here ({e})") from None
   config_path = os.path.join(model_dir, TRAINING_CONFIG_FILE)
-  config = config_from_dict(_read_json(config_path), path=config_path,
-                            ignore=("family", "kind"))
+  fields = _read_json(config_path)
+  family = _family_named(fields.pop("family", "prott5"), path=config_path)
+  config = family.config_from_dict(fields, path=config_path)
   try:
     params = checkpoints.restore_params(model_dir, step=step)
   except FileNotFoundError as e:
     raise InputError(str(e), path=model_dir) from None
-  if "params" in params and "token_embedder" not in params:
+  if list(params) == ["params"]:
     params = params["params"]
-  return params, config
+  return LoadedModel(params, config, family.full_kind, family, family.vocabulary())
 
 
+def load_model(directory: str | os.PathLike, kind: Optional[str] = None,
+               step: Optional[int] = None) -> LoadedModel:
+  """Any model directory: a training run (its latest checkpoint, or `step`),
+  a params checkpoint or a Hugging Face directory, auto-detected.
+
+  `kind="encoder"` reduces a full model to its encoder.
+  """
+  directory = os.fspath(directory)
+  if os.path.isfile(directory):
+    raise InputError("is a file, not a model directory (protjax reads params checkpoints, "
+                     "training runs and Hugging Face directories; pickle files are never "
+                     "loaded)", path=directory)
+  if not os.path.isdir(directory):
+    raise InputError("model directory does not exist", path=directory)
+  if is_training_run(directory):
+    return _reduce(load_training_run(directory, step), kind, where=directory)
+  if step is not None:
+    raise InputError("--step applies to a training run directory only", path=directory)
+  return import_hf(directory, kind)
+
+
+# --- CLIs --------------------------------------------------------------------------
 def _export_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="protjax-export",
-      description="Export a ProtT5 model: its encoder as an encoder-only protjax params "
-      "checkpoint (what protjax-embed loads), or a Hugging Face T5 directory "
-      "(config.json, model.safetensors, tokenizer files) loadable with "
-      "transformers' T5EncoderModel / T5ForConditionalGeneration and AutoTokenizer. "
-      "The output is written to a temporary directory and renamed when complete.")
+      description="Export a model of any family (ProtT5, ProtBert, ProtAlbert): its "
+      "encoder as an encoder-only protjax params checkpoint (what protjax-embed loads), "
+      "or a Hugging Face directory (config.json, model.safetensors, tokenizer files) "
+      "loadable with transformers (T5EncoderModel, BertModel, AlbertModel, ... and "
+      "AutoTokenizer). The output is written to a temporary directory and renamed when "
+      "complete.")
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--model_dir", help="training run directory (checkpoints/ and "
                    "model_config.json, as written by protjax-train)")
@@ -412,14 +438,15 @@ def _export_parser() -> argparse.ArgumentParser:
                  help="with --model_dir: checkpoint step (default: latest complete)")
   p.add_argument("--output", required=True, help="output directory (must not exist)")
   p.add_argument("--format", choices=("params", "hf"), default="params",
-                 help="params: protjax orbax params checkpoint; hf: Hugging Face T5 "
+                 help="params: protjax orbax params checkpoint; hf: Hugging Face "
                  "directory (default: %(default)s)")
   p.add_argument("--dtype", choices=sorted(EXPORT_DTYPES), default="float32",
                  help="--format hf: weight dtype; float16 halves the size like the released "
                  "prot_t5_xl_half_uniref50-enc (default: %(default)s)")
-  p.add_argument("--keep_decoder", action="store_true",
-                 help="export the full encoder-decoder (HF: T5ForConditionalGeneration) "
-                 "instead of the encoder only")
+  p.add_argument("--full", action="store_true",
+                 help="export the whole pretrained model with its head (ProtT5: the "
+                 "decoder, T5ForConditionalGeneration; ProtBert/ProtAlbert: the MLM head, "
+                 "BertForMaskedLM/AlbertForMaskedLM) instead of the encoder only")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
   return p
 
@@ -433,29 +460,33 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
   if args.format == "params" and args.dtype != "float32":
     raise InputError("--dtype applies to --format hf only (params checkpoints are float32)")
   if args.model_dir:
-    params, config = load_training_run(args.model_dir, args.step)
+    loaded = load_training_run(args.model_dir, args.step)
   else:
-    params, config, _ = load_params_checkpoint(args.params_checkpoint)
-  kind = ENCODER_DECODER if args.keep_decoder else ENCODER
+    loaded = load_params_checkpoint(args.params_checkpoint)
+  kind = loaded.family.full_kind if args.full else ENCODER
   if args.format == "hf":
-    out = export_hf(params, config, args.output, args.dtype, kind=kind,
-                    overwrite=args.overwrite)
+    out = export_hf(loaded.params, loaded.config, args.output, args.dtype, kind=kind,
+                    overwrite=args.overwrite, vocabulary=loaded.vocabulary)
   else:
-    out = save_params_checkpoint(args.output, params, config, kind, overwrite=args.overwrite)
-  print(f"wrote {kind.replace('_', '-')} {args.format} export to {out}", file=sys.stderr)
+    out = save_params_checkpoint(args.output, loaded.params, loaded.config, kind,
+                                 overwrite=args.overwrite, vocabulary=loaded.vocabulary)
+  print(f"wrote {loaded.family.name} {kind.replace('_', '-')} {args.format} export to {out}",
+        file=sys.stderr)
   return 0
 
 
 def _import_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="protjax-import",
-      description="Import a Hugging Face ProtT5 directory (T5ForConditionalGeneration or "
-      "T5EncoderModel; config.json + model.safetensors, never pickle) as a protjax params "
+      description="Import a Hugging Face directory (ProtT5: T5ForConditionalGeneration or "
+      "T5EncoderModel; ProtBert/ProtAlbert: BertModel, BertForMaskedLM, AlbertModel, "
+      "AlbertForMaskedLM; config.json + model.safetensors, never pickle; the family is "
+      "detected, the vocabulary read from vocab.txt / tokenizer.json) as a protjax params "
       "checkpoint, to embed with or to continue pretraining from the released weights.")
   p.add_argument("hf_dir", help="Hugging Face model directory")
   p.add_argument("out_dir", help="output params checkpoint directory (must not exist)")
   p.add_argument("--encoder_only", action="store_true",
-                 help="keep only the encoder of an encoder-decoder model")
+                 help="keep only the encoder of a full model (drop the decoder / MLM head)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
   return p
 
@@ -464,7 +495,9 @@ def _import_parser() -> argparse.ArgumentParser:
 def import_main(argv: Optional[Sequence[str]] = None) -> int:
   """`protjax-import`: see `--help`."""
   args = _import_parser().parse_args(argv)
-  params, config, kind = import_hf(args.hf_dir, ENCODER if args.encoder_only else None)
-  out = save_params_checkpoint(args.out_dir, params, config, kind, overwrite=args.overwrite)
-  print(f"wrote {kind.replace('_', '-')} params checkpoint to {out}", file=sys.stderr)
+  loaded = import_hf(args.hf_dir, ENCODER if args.encoder_only else None)
+  out = save_params_checkpoint(args.out_dir, loaded.params, loaded.config, loaded.kind,
+                               overwrite=args.overwrite, vocabulary=loaded.vocabulary)
+  print(f"wrote {loaded.family.name} {loaded.kind.replace('_', '-')} params checkpoint to "
+        f"{out}", file=sys.stderr)
   return 0

@@ -14,7 +14,10 @@ import pytest
 
 from protjax import embed
 from protjax.errors import InputError
-from protjax.vocab import ProtT5Vocabulary
+from protjax.models import registry
+
+T5_VOCAB = registry.get_family("prott5").vocabulary()
+BERT_VOCAB = registry.get_family("protbert").vocabulary()
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -71,27 +74,33 @@ def test_plan_sorted_covers_every_protein_once_with_few_shapes():
       assert len(idx) == b.batch_size(bucket)
 
 
-def test_pad_batch_dummy_rows_hold_eos():
+def test_pad_batch_dummy_rows_hold_an_empty_frame():
   rows = [np.array([5, 6, 1], np.int32), np.array([7, 1], np.int32)]
-  out = embed.pad_batch(rows, 4, 3)
-  np.testing.assert_array_equal(out, [[5, 6, 1, 0], [7, 1, 0, 0], [1, 0, 0, 0]])
-  assert out.dtype == np.int32
+  out = embed.pad_batch(rows, 4, 3, T5_VOCAB)
+  np.testing.assert_array_equal(out["tokens"], [[5, 6, 1, 0], [7, 1, 0, 0], [1, 0, 0, 0]])
+  np.testing.assert_array_equal(out["segment_ids"], [[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
+  np.testing.assert_array_equal(out["residue_mask"], [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+  assert out["tokens"].dtype == np.int32
+  bert = embed.pad_batch([BERT_VOCAB.frame("LA")], 5, 2, BERT_VOCAB)
+  np.testing.assert_array_equal(bert["tokens"], [[2, 5, 6, 3, 0], [2, 3, 0, 0, 0]])
+  np.testing.assert_array_equal(bert["residue_mask"], [[0, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
   with pytest.raises(ValueError):
-    embed.pad_batch(rows, 2, 3)
+    embed.pad_batch(rows, 2, 3, T5_VOCAB)
 
 
-def test_tokenize_appends_eos():
-  np.testing.assert_array_equal(embed.tokenize("ALG", ProtT5Vocabulary()), [3, 4, 5, 1])
+def test_framing_of_each_family():
+  np.testing.assert_array_equal(T5_VOCAB.frame("ALG"), [3, 4, 5, 1])
+  np.testing.assert_array_equal(BERT_VOCAB.frame("LAG"), [2, 5, 6, 7, 3])
 
 
 # --------------------------------------------------------------------------
 # The embed loop against a fake, padding-sensitive encoder.
 # --------------------------------------------------------------------------
-def fake_encode(tokens):
+def fake_encode(tokens, segment_ids):
   """[b, l] -> [b, l, 4]: token id, position, and the mean id of the row's
   non-pad tokens, so a leak of padding or of another row changes the output."""
   tokens = np.asarray(tokens)
-  mask = (tokens != 0).astype(np.float32)
+  mask = (np.asarray(segment_ids) > 0).astype(np.float32)
   ctx = (tokens * mask).sum(1, keepdims=True) / mask.sum(1, keepdims=True)
   pos = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.float32), tokens.shape)
   return np.stack([tokens.astype(np.float32), pos, np.broadcast_to(ctx, tokens.shape),
@@ -102,27 +111,30 @@ def test_embed_loop_equals_each_sequence_alone():
   rng = random.Random(1)
   records = [(f"p{i}", random_seq(rng, n)) for i, n in
              enumerate([5, 31, 32, 33, 100, 7, 47, 250, 1, 64])]
-  vocab = ProtT5Vocabulary()
   calls = []
 
-  def encode(tokens):
+  def encode(tokens, segment_ids):
     calls.append(tokens.shape)
-    return fake_encode(tokens)
+    return fake_encode(tokens, segment_ids)
 
-  out = list(embed.embed_loop(records, embed.pooled_run_batch(encode),
-                              embed.Batching(token_budget=200, num_shards=2),
-                              vocab=vocab))
-  assert sorted(r[0] for r in out) == sorted(r[0] for r in records)
-  seqs = dict(records)
-  for rid, res, prot in out:
-    alone = fake_encode(embed.tokenize(seqs[rid], vocab)[None])[0]
-    assert res.shape == (len(seqs[rid]), 4)
-    np.testing.assert_allclose(res, alone[:-1], rtol=1e-6)       # </s> row dropped
-    np.testing.assert_allclose(prot, alone[:-1].mean(0), rtol=1e-5)
-  # Fixed shapes only: every batch is (batch_size(bucket), bucket).
-  b = embed.Batching(token_budget=200, num_shards=2)
-  assert all(shape == (b.batch_size(shape[1]), shape[1]) for shape in calls)
-  assert len(set(calls)) <= 5
+  for vocab in (T5_VOCAB, BERT_VOCAB):
+    calls.clear()
+    out = list(embed.embed_loop(records, embed.pooled_run_batch(encode),
+                                embed.Batching(token_budget=200, num_shards=2), vocab))
+    assert sorted(r[0] for r in out) == sorted(r[0] for r in records)
+    seqs = dict(records)
+    first = len(vocab.prefix_ids)
+    for rid, res, prot in out:
+      tokens = vocab.frame(seqs[rid])[None]
+      alone = fake_encode(tokens, np.ones_like(tokens))[0]
+      residues = alone[first:first + len(seqs[rid])]  # framing tokens' rows dropped
+      assert res.shape == (len(seqs[rid]), 4)
+      np.testing.assert_allclose(res, residues, rtol=1e-6)
+      np.testing.assert_allclose(prot, residues.mean(0), rtol=1e-5)
+    # Fixed shapes only: every batch is (batch_size(bucket), bucket).
+    b = embed.Batching(token_budget=200, num_shards=2)
+    assert all(shape == (b.batch_size(shape[1]), shape[1]) for shape in calls)
+    assert len(set(calls)) <= 6   # one per ladder length used
 
 
 def test_embed_loop_routes_long_buckets():
@@ -130,14 +142,14 @@ def test_embed_loop_routes_long_buckets():
   seen = {"short": [], "long": []}
 
   def run(kind):
-    def f(tokens):
-      seen[kind].append(tokens.shape)
-      return embed.pooled_run_batch(fake_encode)(tokens)
+    def f(batch):
+      seen[kind].append(batch["tokens"].shape)
+      return embed.pooled_run_batch(fake_encode)(batch)
     return f
 
   out = list(embed.embed_loop(records, run("short"),
                               embed.Batching(token_budget=64, ladder=(16, 32), long_threshold=32,
-                                             long_step=16, num_shards=2),
+                                             long_step=16, num_shards=2), T5_VOCAB,
                               run_long=run("long")))
   assert seen == {"short": [(4, 16)], "long": [(2, 80)]}
   assert [r[0] for r in out] == ["long", "short"]
@@ -213,7 +225,7 @@ def encode_alone(params, config, seq, **overrides):
   cfg = dataclasses_replace(config, dropout_rate=0.0, **overrides)
   if cfg not in _JITTED:
     _JITTED[cfg] = jax.jit(lambda p, t: t5.T5Encoder(cfg).apply({"params": p}, t))
-  tokens = embed.tokenize(seq, ProtT5Vocabulary())[None]
+  tokens = T5_VOCAB.frame(seq)[None]
   return np.asarray(_JITTED[cfg](params, tokens))[0, :-1]
 
 
@@ -275,9 +287,11 @@ def test_long_protein_memory_grows_linearly(tiny):
   temp = {}
   for n in (8192, 36864):                    # 36864: the bucket of 35,000 residues
     assert emb.batching.bucket(n - 1) == n and emb.batching.batch_size(n) == 1
-    tokens = jax.ShapeDtypeStruct((1, n), np.int32)
+    batch = {"tokens": jax.ShapeDtypeStruct((1, n), np.int32),
+             "segment_ids": jax.ShapeDtypeStruct((1, n), np.int32),
+             "residue_mask": jax.ShapeDtypeStruct((1, n), bool)}
     with emb.partitioner.activation_context():
-      compiled = fn.lower(emb.params, tokens).compile()
+      compiled = fn.lower(emb.params, batch).compile()
     temp[n] = compiled.memory_analysis().temp_size_in_bytes
   assert temp[36864] < 6 * temp[8192]        # linear: 4.5x; quadratic would be ~20x
   assert temp[36864] < 256 * 2**20           # dense scores alone would be 10 GiB
@@ -310,7 +324,7 @@ def test_model_directories_are_auto_detected(tiny, model_dir, tmp_path):
     for (_, a), (_, b) in zip(got, flat(params)):
       np.testing.assert_array_equal(np.asarray(a), b)
   with pytest.raises(InputError, match="does not exist"):
-    embed.load_model(tmp_path / "nowhere")
+    export.load_model(tmp_path / "nowhere")
 
 
 def test_a_training_run_directory_loads_its_latest_encoder(tiny, embedder, tmp_path):

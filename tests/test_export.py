@@ -10,7 +10,8 @@ from flax import traverse_util
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from protjax import export, hf_convert
+from protjax import export
+from protjax.hf import t5 as hf_t5
 from protjax.errors import InputError
 from protjax.models import t5
 from protjax.models.t5 import get_config
@@ -41,8 +42,8 @@ def params(config):
   """Random full (encoder-decoder) params of the tiny config, float32 numpy."""
   rng = np.random.default_rng(0)
   state = {k: rng.standard_normal(s).astype(np.float32)
-           for k, s in hf_convert.expected_hf_shapes(config, "encoder_decoder").items()}
-  return hf_convert.from_hf_state_dict(state, config, "encoder_decoder")
+           for k, s in hf_t5.expected_hf_shapes(config, "encoder_decoder").items()}
+  return hf_t5.from_hf_state_dict(state, config, "encoder_decoder")
 
 
 def leftovers(parent, name):
@@ -55,7 +56,8 @@ def test_params_checkpoint_round_trip(tmp_path, params, config, kind):
   out = export.save_params_checkpoint(tmp_path / "ckpt", params, config, kind)
   meta = json.load(open(os.path.join(out, "config.json")))
   assert (meta["family"], meta["kind"], meta["d_model"]) == ("prott5", kind, 32)
-  loaded, loaded_config, loaded_kind = export.load_params_checkpoint(out)
+  model = export.load_params_checkpoint(out)
+  loaded, loaded_config, loaded_kind = model.params, model.config, model.kind
   assert loaded_kind == kind and loaded_config == config
   want = params if kind == "encoder_decoder" else t5.encoder_params(params)
   assert_trees_equal(loaded, want)
@@ -71,14 +73,15 @@ def test_params_checkpoint_refuses_to_overwrite(tmp_path, params, config):
   shifted = {"token_embedder": {"embedding": params["token_embedder"]["embedding"] + 1},
              "encoder": params["encoder"]}
   export.save_params_checkpoint(out, shifted, config, overwrite=True)
-  loaded, _, _ = export.load_params_checkpoint(out)
+  model = export.load_params_checkpoint(out)
+  loaded = model.params
   np.testing.assert_array_equal(loaded["token_embedder"]["embedding"],
                                 shifted["token_embedder"]["embedding"])
   assert leftovers(tmp_path, "ckpt") == []
 
 
 def test_failed_export_leaves_nothing(tmp_path, params, config, monkeypatch):
-  def broken(directory):
+  def broken(directory, *_):
     open(os.path.join(directory, "tokenizer.json"), "w").write("{")  # half-written
     raise OSError("disk full")
   monkeypatch.setattr(export, "write_tokenizer", broken)
@@ -97,7 +100,8 @@ def test_failed_export_leaves_nothing(tmp_path, params, config, monkeypatch):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(family="protbert"), "config key 'family' is 'protbert'"),
+    (lambda m: m.update(family="protgpt"), "config key 'family' is 'protgpt'"),
+    (lambda m: m.update(family="protbert"), "unknown BertConfig field 'd_ff'"),
     (lambda m: m.update(kind="decoder"), "config key 'kind' is 'decoder'"),
     (lambda m: m.update(d_modle=3), "unknown T5Config field 'd_modle'"),
 ])
@@ -132,7 +136,9 @@ def test_export_import_export_is_byte_identical(tmp_path, params, config, dtype,
   assert "shared.weight" in tensors and "lm_head.weight" not in tensors
   assert any(k.startswith("decoder.") for k in tensors) == (kind == "encoder_decoder")
 
-  imported, imported_config, imported_kind = export.import_hf(first)
+  model = export.import_hf(first)
+
+  imported, imported_config, imported_kind = model.params, model.config, model.kind
   assert imported_kind == kind
   assert dataclasses.replace(imported_config, dropout_rate=config.dropout_rate) == config
   # float16 export: the imported params are the float16-rounded originals.
@@ -159,7 +165,7 @@ def test_export_import_export_is_byte_identical(tmp_path, params, config, dtype,
 def test_import_refuses_pickle(tmp_path):
   d = tmp_path / "hf"
   d.mkdir()
-  json.dump(hf_convert.hf_config(get_config("tiny"), "encoder"), open(d / "config.json", "w"))
+  json.dump(hf_t5.hf_config(get_config("tiny"), "encoder"), open(d / "config.json", "w"))
   (d / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
   with pytest.raises(InputError, match="only pytorch_model.bin found: pickle files are not "
                      "loaded.*safe_serialization=True"):
@@ -198,7 +204,8 @@ def test_sharded_safetensors_import(tmp_path, params, config):
     save_file({k: tensors[k] for k in names}, os.path.join(out, name), metadata={"format": "pt"})
   json.dump({"weight_map": {k: n for n, ks in shards.items() for k in ks}},
             open(os.path.join(out, "model.safetensors.index.json"), "w"))
-  imported, _, kind = export.import_hf(out)
+  model = export.import_hf(out)
+  imported, kind = model.params, model.kind
   assert kind == "encoder_decoder"
   assert_trees_equal(imported, params)
 
@@ -214,19 +221,22 @@ def test_cli_params_to_hf_to_params(tmp_path, params, config, capsys):
   src = export.save_params_checkpoint(tmp_path / "src", params, config, "encoder_decoder")
   assert run_cli(export.export_main, ["--params_checkpoint", src, "--output",
                                       str(tmp_path / "hf"), "--format", "hf",
-                                      "--keep_decoder"]) == 0
+                                      "--full"]) == 0
   assert run_cli(export.import_main, [str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
-  back, back_config, kind = export.load_params_checkpoint(tmp_path / "back")
+  model = export.load_params_checkpoint(tmp_path / "back")
+  back, back_config, kind = model.params, model.config, model.kind
   assert kind == "encoder_decoder"
   assert_trees_equal(back, params)
   # Encoder-only params export (the embedder's input), then the encoder of a full HF model.
   assert run_cli(export.export_main, ["--params_checkpoint", src, "--output",
                                       str(tmp_path / "enc")]) == 0
-  enc, _, kind = export.load_params_checkpoint(tmp_path / "enc")
+  model = export.load_params_checkpoint(tmp_path / "enc")
+  enc, kind = model.params, model.kind
   assert kind == "encoder" and sorted(enc) == ["encoder", "token_embedder"]
   assert run_cli(export.import_main, [str(tmp_path / "hf"), str(tmp_path / "enc2"),
                                       "--encoder_only"]) == 0
-  enc2, _, kind = export.load_params_checkpoint(tmp_path / "enc2")
+  model = export.load_params_checkpoint(tmp_path / "enc2")
+  enc2, kind = model.params, model.kind
   assert kind == "encoder"
   assert_trees_equal(enc2, enc)
   # Bad input: one line on stderr, exit 2, nothing written.
@@ -257,7 +267,8 @@ def test_cli_exports_from_training_model_dir(tmp_path, params, config):
             "--dtype", "float16"]
     assert run_cli(export.export_main, argv + ([] if step is None else
                                                ["--step", str(step)])) == 0
-    imported, _, kind = export.import_hf(out)
+    model = export.import_hf(out)
+    imported, kind = model.params, model.kind
     assert kind == "encoder"
     np.testing.assert_array_equal(imported["token_embedder"]["embedding"],
                                   want["token_embedder"]["embedding"].astype(np.float16)
@@ -269,7 +280,8 @@ def test_cli_exports_from_training_model_dir(tmp_path, params, config):
 def test_import_hf_recognises_a_params_checkpoint(tmp_path, params, config):
   """The embedder hands any model directory to import_hf; ours has a config.json too."""
   out = export.save_params_checkpoint(tmp_path / "ckpt", params, config)
-  loaded, loaded_config, kind = export.import_hf(out)
+  model = export.import_hf(out)
+  loaded, loaded_config, kind = model.params, model.config, model.kind
   assert kind == "encoder" and loaded_config == config
   assert_trees_equal(loaded, t5.encoder_params(params))
 
@@ -277,7 +289,7 @@ def test_import_hf_recognises_a_params_checkpoint(tmp_path, params, config):
 def test_cli_help_describes_the_formats(capsys):
   assert run_cli(export.export_main, ["--help"]) == 0
   text = capsys.readouterr().out
-  for word in ("--model_dir", "--params_checkpoint", "--format", "float16", "--keep_decoder"):
+  for word in ("--model_dir", "--params_checkpoint", "--format", "float16", "--full"):
     assert word in text
   assert run_cli(export.import_main, ["--help"]) == 0
   assert "never pickle" in capsys.readouterr().out
@@ -291,12 +303,14 @@ def test_params_checkpoint_from_and_to_sharded_jax_arrays(tmp_path, params, conf
       mesh, PartitionSpec("model") if x.shape[0] % 2 == 0 else PartitionSpec())),
       t5.encoder_params(params))
   out = export.save_params_checkpoint(tmp_path / "ckpt", sharded, config)
-  loaded, _, _ = export.load_params_checkpoint(out)
+  model = export.load_params_checkpoint(out)
+  loaded = model.params
   assert_trees_equal(loaded, t5.encoder_params(params))
   # With a sharded abstract target the arrays come back on the devices.
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                         sharded)
-  on_device, _, _ = export.load_params_checkpoint(out, target=target)
+  model = export.load_params_checkpoint(out, target=target)
+  on_device = model.params
   emb = on_device["token_embedder"]["embedding"]
   assert isinstance(emb, jax.Array) and emb.sharding == sharded["token_embedder"][
       "embedding"].sharding

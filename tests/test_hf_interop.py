@@ -14,8 +14,9 @@ import numpy as np
 from flax import traverse_util
 import pytest
 
-from protjax import export, hf_convert
-from protjax.models import t5
+from protjax import export
+from protjax.hf import t5 as hf_t5
+from protjax.models import registry, t5
 from protjax.errors import InputError
 from protjax.vocab import PROTT5_RESIDUES, ProtT5Vocabulary
 
@@ -38,7 +39,7 @@ TINY_DIMS = types.SimpleNamespace(
 def random_state_dict(config, kind, seed=0):
   rng = np.random.default_rng(seed)
   return {k: rng.standard_normal(s).astype(np.float32)
-          for k, s in hf_convert.expected_hf_shapes(config, kind).items()}
+          for k, s in hf_t5.expected_hf_shapes(config, kind).items()}
 
 
 def flatten(tree):
@@ -63,7 +64,7 @@ def rel_error(a, b):
 
 # --- mapping (numpy only) -------------------------------------------------------
 def test_mapping_gives_the_common_parameter_tree():
-  params = hf_convert.from_hf_state_dict(random_state_dict(TINY_DIMS, "encoder_decoder"),
+  params = hf_t5.from_hf_state_dict(random_state_dict(TINY_DIMS, "encoder_decoder"),
                                          TINY_DIMS, "encoder_decoder")
   shapes = {k: v.shape for k, v in flatten(params).items()}
   # The tree in protjax/models/t5.py's docstring, with d_model 32, heads 2, kv 16, mlp 64.
@@ -87,8 +88,8 @@ def test_mapping_gives_the_common_parameter_tree():
 @pytest.mark.parametrize("kind", ["encoder", "encoder_decoder"])
 def test_mapping_round_trips_exactly(kind):
   state = random_state_dict(TINY_DIMS, kind, seed=1)
-  params = hf_convert.from_hf_state_dict(state, TINY_DIMS, kind)
-  back = hf_convert.to_hf_state_dict(params, TINY_DIMS, kind=kind)
+  params = hf_t5.from_hf_state_dict(state, TINY_DIMS, kind)
+  back = hf_t5.to_hf_state_dict(params, TINY_DIMS, kind=kind)
   assert sorted(back) == sorted(state)
   for k in state:
     assert back[k].tobytes() == state[k].tobytes(), k
@@ -98,7 +99,7 @@ def test_mapping_round_trips_exactly(kind):
 def test_mapping_preserves_what_each_layer_computes():
   """Same projections in both layouts: HF `x @ W.T` vs protjax einsums."""
   state = random_state_dict(TINY_DIMS, "encoder", seed=2)
-  params = hf_convert.from_hf_state_dict(state, TINY_DIMS, "encoder")
+  params = hf_t5.from_hf_state_dict(state, TINY_DIMS, "encoder")
   layer = params["encoder"]["layers_1"]
   x = np.random.default_rng(3).standard_normal((5, 32)).astype(np.float32)
   hf = "encoder.block.1.layer."
@@ -129,15 +130,15 @@ def test_import_accepts_equal_tied_aliases_and_rejects_untied():
   state = random_state_dict(TINY_DIMS, "encoder_decoder", seed=5)
   state["lm_head.weight"] = state["shared.weight"].copy()
   state["encoder.embed_tokens.weight"] = state["shared.weight"].copy()
-  params = hf_convert.from_hf_state_dict(state, TINY_DIMS, "encoder_decoder")
+  params = hf_t5.from_hf_state_dict(state, TINY_DIMS, "encoder_decoder")
   np.testing.assert_array_equal(params["token_embedder"]["embedding"], state["shared.weight"])
   state["lm_head.weight"] = state["lm_head.weight"] + 1
   with pytest.raises(InputError, match="'lm_head.weight' differs"):
-    hf_convert.from_hf_state_dict(state, TINY_DIMS, "encoder_decoder", path="m.safetensors")
+    hf_t5.from_hf_state_dict(state, TINY_DIMS, "encoder_decoder", path="m.safetensors")
   # Only the alias present (older saves): used as the embedding.
   state = random_state_dict(TINY_DIMS, "encoder", seed=6)
   state["encoder.embed_tokens.weight"] = state.pop("shared.weight")
-  params = hf_convert.from_hf_state_dict(state, TINY_DIMS, "encoder")
+  params = hf_t5.from_hf_state_dict(state, TINY_DIMS, "encoder")
   np.testing.assert_array_equal(params["token_embedder"]["embedding"],
                                 state["encoder.embed_tokens.weight"])
 
@@ -158,19 +159,19 @@ def test_import_names_the_offending_tensor(change, message):
   state = random_state_dict(TINY_DIMS, "encoder", seed=7)
   change(state)
   with pytest.raises(InputError, match=message) as e:
-    hf_convert.from_hf_state_dict(state, TINY_DIMS, "encoder", path="/x/model.safetensors")
+    hf_t5.from_hf_state_dict(state, TINY_DIMS, "encoder", path="/x/model.safetensors")
   assert str(e.value).startswith("/x/model.safetensors: ")
 
 
 def test_encoder_import_ignores_the_decoder_of_a_full_model():
   state = random_state_dict(TINY_DIMS, "encoder_decoder", seed=8)
-  params = hf_convert.from_hf_state_dict(state, TINY_DIMS, "encoder")
+  params = hf_t5.from_hf_state_dict(state, TINY_DIMS, "encoder")
   assert sorted(params) == ["encoder", "token_embedder"]
 
 
 # --- config.json -----------------------------------------------------------------
 def hf_config_dict(**changes):
-  cfg = hf_convert.hf_config(types.SimpleNamespace(
+  cfg = hf_t5.hf_config(types.SimpleNamespace(
       vocab_size=128, d_model=32, d_ff=64, num_heads=2, d_kv=16, num_encoder_layers=2,
       num_decoder_layers=2, relative_attention_num_buckets=32,
       relative_attention_max_distance=128, dropout_rate=0.1, layer_norm_epsilon=1e-6),
@@ -180,7 +181,7 @@ def hf_config_dict(**changes):
 
 
 def test_config_fields_from_hf():
-  fields = hf_convert.config_fields_from_hf(hf_config_dict(num_decoder_layers=5))
+  fields = hf_t5.config_fields_from_hf(hf_config_dict(num_decoder_layers=5))
   assert fields == dict(vocab_size=128, d_model=32, d_ff=64, num_heads=2, d_kv=16,
                         num_encoder_layers=2, num_decoder_layers=5,
                         relative_attention_num_buckets=32, relative_attention_max_distance=128,
@@ -196,23 +197,23 @@ def test_released_prott5_config_is_accepted():
       "layer_norm_epsilon": 1e-06, "model_type": "t5", "n_positions": 512,
       "num_heads": 32, "num_layers": 24, "output_past": True, "pad_token_id": 0,
       "relative_attention_num_buckets": 32, "torch_dtype": "float32", "vocab_size": 128}
-  fields = hf_convert.config_fields_from_hf(released)
+  fields = hf_t5.config_fields_from_hf(released)
   assert (fields["d_model"], fields["d_ff"], fields["num_heads"], fields["d_kv"]) == (
       1024, 16384, 32, 128)
   assert fields["num_encoder_layers"] == fields["num_decoder_layers"] == 24
-  assert hf_convert.hf_kind(released, []) == "encoder_decoder"
+  assert hf_t5.kind_of(released, []) == "encoder_decoder"
   # The mapping covers every ProtT5-XL tensor: the published parameter counts.
   xl = types.SimpleNamespace(**fields)
   count = lambda kind: sum(int(np.prod(s)) for s in
-                           hf_convert.expected_hf_shapes(xl, kind).values())
+                           hf_t5.expected_hf_shapes(xl, kind).values())
   assert count("encoder") == 1_208_141_824
   assert count("encoder_decoder") == 2_818_830_336
-  assert hf_convert.hf_kind(dict(released, architectures=["T5EncoderModel"]),
+  assert hf_t5.kind_of(dict(released, architectures=["T5EncoderModel"]),
                             ["decoder.final_layer_norm.weight"]) == "encoder"
-  assert hf_convert.hf_kind(dict(released, architectures=None),
+  assert hf_t5.kind_of(dict(released, architectures=None),
                             ["decoder.final_layer_norm.weight"]) == "encoder_decoder"
   with pytest.raises(InputError, match="config key 'architectures'"):
-    hf_convert.hf_kind(dict(released, architectures=["BertModel"]), [])
+    hf_t5.kind_of(dict(released, architectures=["BertModel"]), [])
 
 
 @pytest.mark.parametrize("changes, key", [
@@ -226,14 +227,14 @@ def test_released_prott5_config_is_accepted():
 ])
 def test_config_not_prott5_names_the_key(changes, key):
   with pytest.raises(InputError, match=f"config.json: config key '{key}'"):
-    hf_convert.config_fields_from_hf(hf_config_dict(**changes), path="config.json")
+    hf_t5.config_fields_from_hf(hf_config_dict(**changes), path="config.json")
 
 
 # --- tokenizer -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("tok"))
-  export.write_tokenizer(d)
+  hf_t5.write_tokenizer(d, registry.get_family("prott5").vocabulary())
   return d
 
 
@@ -361,7 +362,9 @@ def test_imported_hf_t5_matches_full_logits(tmp_path):
   ref_logits = outputs.logits.numpy()
   ref_encoded = outputs.encoder_last_hidden_state.numpy()
 
-  params, config, kind = export.import_hf(tmp_path / "hf")
+  model = export.import_hf(tmp_path / "hf")
+
+  params, config, kind = model.params, model.config, model.kind
   assert kind == "encoder_decoder"
   assert (config.d_model, config.num_encoder_layers, config.num_decoder_layers) == (32, 2, 3)
   logits = np.asarray(T5(config).apply({"params": params}, tokens, decoder_inputs))
@@ -373,7 +376,8 @@ def test_imported_hf_t5_matches_full_logits(tmp_path):
   assert rel_error(logits[keep], ref_logits[keep]) < TOLERANCE
   assert rel_error(encoded[keep], ref_encoded[keep]) < TOLERANCE
   # The encoder of the full model, imported alone, is the same encoder.
-  enc_params, _, enc_kind = export.import_hf(tmp_path / "hf", kind="encoder")
+  model = export.import_hf(tmp_path / "hf", kind="encoder")
+  enc_params, enc_kind = model.params, model.kind
   assert enc_kind == "encoder"
   for a, b in zip(jax.tree.leaves(enc_params), jax.tree.leaves(t5.encoder_params(params))):
     np.testing.assert_array_equal(a, b)

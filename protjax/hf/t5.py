@@ -1,4 +1,4 @@
-"""ProtT5 parameters <-> Hugging Face T5 state dicts: a pure, numpy-only mapping.
+"""ProtT5 <-> Hugging Face T5: the weight mapping, config.json and tokenizer (numpy only).
 
 protjax keeps attention kernels split by head (`[embed, heads, kv]`), Hugging
 Face keeps `torch.nn.Linear` weights (`[out_features, in_features]`), so every
@@ -6,7 +6,8 @@ matrix is transposed and reshaped on the way; layer-norm scales and the shared
 embedding map one to one. Nothing here imports torch, transformers or jax: the
 functions take and return nested dicts of `np.ndarray`, so the same code serves
 export (`protjax.export.export_hf`), import (`protjax.export.import_hf`) and
-tests with hand-built trees.
+tests with hand-built trees. The interface every family's module shares is
+described in `protjax.hf`.
 
 Hugging Face key layout (T5 v1.0, `feed_forward_proj="relu"`, tied embedding):
 ```
@@ -31,12 +32,15 @@ them out and `from_pretrained` re-ties them, so export writes only
 """
 from __future__ import annotations
 
+import math
+import os
 from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
 from protjax.errors import InputError
 
+MODEL_TYPES = ("t5",)
 ENCODER = "encoder"
 ENCODER_DECODER = "encoder_decoder"
 KINDS = (ENCODER, ENCODER_DECODER)
@@ -337,7 +341,19 @@ def config_fields_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None) 
   )
 
 
-def hf_kind(hf: Mapping[str, Any], state_keys, *, path: Optional[str] = None) -> str:
+def family_of(hf: Mapping[str, Any]) -> str:
+  """Every T5 directory protjax reads is ProtT5."""
+  del hf
+  return "prott5"
+
+
+def config_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None):
+  """The protjax `T5Config` of a Hugging Face T5 config.json dict (validated)."""
+  from protjax.models.t5 import T5Config  # deferred: the model pulls in jax/flax
+  return T5Config(**config_fields_from_hf(hf, path=path))
+
+
+def kind_of(hf: Mapping[str, Any], state_keys, *, path: Optional[str] = None) -> str:
   """"encoder_decoder" for a T5ForConditionalGeneration / T5Model, "encoder" for T5EncoderModel."""
   architectures = hf.get("architectures") or []
   # T5WithLMHeadModel: the transformers-2 name the released prot_t5_xl_* configs carry.
@@ -351,3 +367,60 @@ def hf_kind(hf: Mapping[str, Any], state_keys, *, path: Optional[str] = None) ->
                      "T5ForConditionalGeneration or T5EncoderModel", path=path)
   # No architectures recorded: tell by the tensors.
   return ENCODER_DECODER if any(k.startswith("decoder.") for k in state_keys) else ENCODER
+
+
+# --- tokenizer ---------------------------------------------------------------
+def _tokenizer_json(vocabulary) -> str:
+  """tokenizer.json of the ProtT5 tokenizer, built without any sentencepiece model.
+
+  A Unigram model whose pieces are `▁A`, `▁L`, ... (one per residue) behind a
+  whitespace + Metaspace pre-tokenizer, as the released ProtT5 tokenizer: for
+  space-separated residues ("M K T") every residue is one piece, and `</s>` is
+  appended by the template post-processor. transformers 5's `T5Tokenizer`
+  rebuilds exactly this pipeline from the Unigram vocabulary, so `AutoTokenizer`,
+  `T5Tokenizer` and `PreTrainedTokenizerFast` all give the same ids.
+
+  Like the released tokenizer (and unlike protjax's vocabulary, which
+  normalises), it expects space-separated upper-case residues and keeps
+  U Z O B apart: map those to X first (`re.sub(r"[UZOB]", "X", seq)`), as
+  protjax does by default, and the ids equal protjax's.
+  """
+  from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+  tokens = vocabulary.tokens()
+  residues = [t for t in tokens if not t.startswith("<")]
+  residue_score = -math.log(len(residues))
+  pieces = [(t, 0.0) if t.startswith("<") else ("\u2581" + t, residue_score) for t in tokens]
+  tokenizer = Tokenizer(models.Unigram(pieces, unk_id=vocabulary.unk_id, byte_fallback=False))
+  tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.WhitespaceSplit(),
+      pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
+  tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always",
+                                         split=True)
+  tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in tokens if t.startswith("<")])
+  eos = vocabulary.suffix_ids[0]
+  tokenizer.post_processor = processors.TemplateProcessing(
+      single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)])
+  return tokenizer.to_str(pretty=True)
+
+
+def write_tokenizer(directory: str, vocabulary) -> None:
+  """Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  def write_json(name, obj):
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+      f.write("\n")
+
+  with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
+    f.write(_tokenizer_json(vocabulary))
+  extra = [t for t in vocabulary.tokens() if t.startswith("<extra_id_")]
+  extra.sort(key=lambda t: int(t[len("<extra_id_"):-1]))
+  specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+              "additional_special_tokens": extra}
+  write_json("tokenizer_config.json", dict(
+      specials, tokenizer_class="T5Tokenizer", extra_ids=len(extra), do_lower_case=False,
+      model_max_length=1_000_000_000, clean_up_tokenization_spaces=False))
+  write_json("special_tokens_map.json", specials)

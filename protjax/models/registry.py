@@ -1,21 +1,27 @@
-"""Model families the trainer can run: family name -> Model wrapper.
+"""Model families, registered in one place: family name -> `Family`.
 
-The trainer (`protjax.trainer`) knows nothing about any family. It needs a
-`Model` with four methods keyed on the batch's feature shapes
-(`init_variables`, `loss_fn`, `flops_per_example`, `tokens_per_example`).
-Each family's wrapper (t5x's `Model`: owns the module and the objective) is
-adapted here, once, so the loop has no `if family == ...`.
+Nothing after the model knows which family it runs. The trainer needs a
+`Model` (t5x's: owns the module and the objective) with `init_variables`,
+`loss_fn`, `flops_per_example` and `tokens_per_example`; export, import and
+embedding need the encoder module, its parameter subtree, the vocabulary and
+its framing tokens, and the Hugging Face weight mapping (`protjax.hf.<name>`).
+A `Family` holds exactly those, so the code after the model has no
+`if family == ...`.
 
-Adding a family (ProtBert MLM, ELECTRA RTD, ...) = one adapter + one line in
+Adding a family (ELECTRA RTD, Transformer-XL, XLNet, ...) = one model module,
+one objective, one `protjax.hf` mapping module, gin files, and one entry in
 `FAMILIES`.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 from typing import Any, Callable, Mapping
 
 from protjax.errors import InputError
 
 Shapes = Mapping[str, tuple[int, ...]]
+ENCODER = "encoder"
 
 
 class EncoderDecoderAdapter:
@@ -56,32 +62,157 @@ class EncoderDecoderAdapter:
     return self._lengths(batch_shapes)[1]
 
 
-def _prott5(config):
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """Everything protjax needs to know about one model family.
+
+  Attributes:
+    name: "prott5", "protbert", ...
+    model_module: the `protjax.models` module holding the config class, the
+      encoder and `encoder_params` (imported on first use: jax/flax are heavy).
+    config_class: name of the config dataclass in `model_module`.
+    encoder_class: name of the encoder-only linen module in `model_module`:
+      `module(config)(tokens [b, l], segment_ids, positions) -> [b, l, d]`.
+    full_kind: what an export with the pretraining head is called
+      ("encoder_decoder": ProtT5's decoder; "masked_lm": BERT's MLM head);
+      the encoder alone is always "encoder".
+    vocabulary: () -> the released vocabulary (`vocab.TokenListVocabulary`),
+      used when a model directory carries none.
+    make_model: config -> the trainer Model.
+    owns: config -> whether a config of `config_class` is this family's
+      (ProtBert and ProtAlbert share one config class).
+    hf_module: the `protjax.hf` weight-mapping module's name.
+    layer_embedded: what `protjax-embed` writes, for the docs and the files.
+  """
+  name: str
+  model_module: str
+  config_class: str
+  encoder_class: str
+  full_kind: str
+  vocabulary: Callable[[], Any]
+  make_model: Callable[[Any], Any]
+  owns: Callable[[Any], bool] = lambda config: True
+  hf_module: str = ""
+  layer_embedded: str = "the last hidden state"
+
+  @property
+  def kinds(self) -> tuple[str, str]:
+    return (ENCODER, self.full_kind)
+
+  def module(self):
+    return importlib.import_module(self.model_module)
+
+  def hf(self):
+    return importlib.import_module(self.hf_module)
+
+  def get_config(self, name: str, **overrides):
+    """The config of a named size or gin file (`gin_configs/models/<family>_<name>.gin`)."""
+    return self.module().get_config(name, **overrides)
+
+  def config_from_dict(self, fields: Mapping[str, Any], *, path=None):
+    """The config from its JSON fields; an unknown field or bad value is an InputError."""
+    cls = getattr(self.module(), self.config_class)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise InputError(f"unknown {cls.__name__} field {unknown[0]!r}", path=path)
+    try:
+      config = cls(**fields)
+    except (TypeError, ValueError) as e:
+      raise InputError(f"invalid {cls.__name__}: {e}", path=path) from None
+    if not self.owns(config):
+      raise InputError(f"the config is not a {self.name} config", path=path)
+    return config
+
+  def encoder(self, config):
+    """The encoder-only linen module for `config`."""
+    return getattr(self.module(), self.encoder_class)(config)
+
+  def encoder_params(self, params: Mapping[str, Any]) -> dict:
+    """The encoder's subtrees of a full (training) parameter tree."""
+    return self.module().encoder_params(params)
+
+
+def _prott5_model(config):
   from protjax.models import t5  # pylint: disable=import-outside-toplevel
-  if config is None:
-    config = t5.get_config("tiny")
-  elif isinstance(config, str):
-    config = t5.get_config(config)
   return EncoderDecoderAdapter(t5.EncoderDecoderModel(config))
 
 
-FAMILIES: Mapping[str, Callable[[Any], Any]] = {
-    "prott5": _prott5,
+def _bert_model(family: str):
+  def make(config):
+    from protjax.models import bert  # pylint: disable=import-outside-toplevel
+    model = bert.EncoderMLMModel(config)
+    model.family = family
+    return model
+  return make
+
+
+def _prott5_vocabulary():
+  from protjax import vocab  # pylint: disable=import-outside-toplevel
+  return vocab.TokenListVocabulary(vocab.ProtT5Vocabulary().tokens(), unk_token="<unk>",
+                                   pad_token="<pad>", suffix=("</s>",))
+
+
+def _protbert_vocabulary():
+  from protjax import vocab  # pylint: disable=import-outside-toplevel
+  return vocab.TokenListVocabulary(vocab.ProtBertVocabulary().tokens(), unk_token="[UNK]",
+                                   pad_token="[PAD]", prefix=("[CLS]",), suffix=("[SEP]",))
+
+
+FAMILIES: Mapping[str, Family] = {
+    "prott5": Family(
+        name="prott5", model_module="protjax.models.t5", config_class="T5Config",
+        encoder_class="T5Encoder", full_kind="encoder_decoder",
+        vocabulary=_prott5_vocabulary, make_model=_prott5_model, hf_module="protjax.hf.t5",
+        layer_embedded="the encoder's last hidden state (after its final norm)"),
+    "protbert": Family(
+        name="protbert", model_module="protjax.models.bert", config_class="BertConfig",
+        encoder_class="BertEncoder", full_kind="masked_lm",
+        vocabulary=_protbert_vocabulary, make_model=_bert_model("protbert"),
+        owns=lambda config: not config.share_layers, hf_module="protjax.hf.bert",
+        layer_embedded="the last encoder layer's output (no MLM head)"),
+    "protalbert": Family(
+        name="protalbert", model_module="protjax.models.bert", config_class="BertConfig",
+        encoder_class="BertEncoder", full_kind="masked_lm",
+        vocabulary=_protbert_vocabulary, make_model=_bert_model("protalbert"),
+        owns=lambda config: config.share_layers, hf_module="protjax.hf.bert",
+        layer_embedded="the last (shared) encoder layer's output (no MLM head)"),
 }
+
+
+def get_family(name: str) -> Family:
+  """The registered family `name`; InputError naming the choices otherwise."""
+  if name not in FAMILIES:
+    raise InputError(f"unknown model family {name!r}; choose one of {sorted(FAMILIES)}")
+  return FAMILIES[name]
+
+
+def family_of(config: Any) -> Family:
+  """The family a config object belongs to (by its class, then `owns`)."""
+  for family in FAMILIES.values():
+    if (type(config).__name__ == family.config_class
+        and type(config).__module__ == family.model_module and family.owns(config)):
+      return family
+  raise ValueError(f"no registered family has config {type(config).__name__}")
 
 
 def get_model(family: str = "prott5", config: Any = None):
   """The trainer Model for `family`.
 
   Args:
-    family: one of FAMILIES ("prott5").
-    config: the family's config dataclass (gin: `@T5Config()`), or a size
-      name ("tiny", "xl", ...), or None for the family's tiny size.
+    family: one of FAMILIES.
+    config: the family's config dataclass (gin: `@T5Config()`, `@BertConfig()`),
+      or a size name ("tiny", "xl", ...), or None for the family's tiny size.
   """
-  if family not in FAMILIES:
-    raise InputError(f"unknown model family {family!r}; choose one of "
-                     f"{sorted(FAMILIES)}")
-  return FAMILIES[family](config)
+  fam = get_family(family)
+  if config is None:
+    config = fam.get_config("tiny")
+  elif isinstance(config, str):
+    config = fam.get_config(config)
+  if not fam.owns(config):
+    raise InputError(f"get_model.family is {family!r} but the config is not one of its "
+                     f"configs ({config})")
+  return fam.make_model(config)
 
 
 GIN_CONFIGURABLES = (get_model,)
