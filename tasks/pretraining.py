@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from protjax.data.pipeline import FastaSource, register_task
 from protjax.data.preprocessors import OBJECTIVE_NAMES
+from protjax.data.registry import register_task
+from protjax.data.sources import FastaSource
 
 CORPORA = ("protjax_sample", "uniref50", "uniref100", "bfd")
 

@@ -9,7 +9,7 @@ import pytest
 import seqio
 
 import tasks  # noqa: F401  (registers the tasks)
-from protjax.data import pipeline
+from protjax.data import pipeline, sources
 from protjax.errors import InputError
 from protjax.vocab import ProtT5Vocabulary
 
@@ -126,12 +126,12 @@ def test_resume_many_epochs_in_jumps_to_its_epoch(tmp_path, monkeypatch):
   assert ids[0] != ids[1] and sorted(ids[0]) == sorted(ids[1])
 
   read = []
-  records = pipeline._records
+  records = sources._records
   def counting(*args):
     for ids_chunk, seqs in records(*args):
       read.append(len(ids_chunk))
       yield ids_chunk, seqs
-  monkeypatch.setattr(pipeline, "_records", counting)
+  monkeypatch.setattr(sources, "_records", counting)
   far = _batches(2, start_step=10_000, **kw)  # record 80,000: epoch 4,000
   assert sum(read) < 10 * 20
   monkeypatch.undo()

@@ -54,10 +54,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.num < 1 or args.length < 3:
     raise InputError("--num must be >= 1 and --length >= 3")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF start-up chatter hides the output
-  from protjax.data import pipeline  # pylint: disable=import-outside-toplevel
+  from protjax.data import config, pipeline  # pylint: disable=import-outside-toplevel
   spec = pipeline.get_spec(args.task)
   vocab = spec.objective.vocabulary
-  batches = pipeline.get_dataset(
+  batches = config.get_dataset(
       args.task, split=args.split, sequence_length=args.length, batch_size=args.num,
       seed=args.seed, start_step=args.step, pack=args.pack, repeat=args.split == "train",
       length_policy=args.length_policy, source_files=args.source)

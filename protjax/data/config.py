@@ -1,8 +1,18 @@
-"""`DataConfig`: the gin-bound data settings, and which backend builds batches.
+"""`DataConfig`: the gin-bound data settings, and which path builds batches.
+
+`get_dataset` is where a task name meets a corpus path, side by side:
+- a task over FASTA files (`sources.FastaSource`): `pipeline`, streaming
+  through tf.data (quick starts, small corpora);
+- a task over a prepared corpus (`sources.PreparedSource`, made by
+  `protjax-data prepare`): `prepared_pipeline`, reading records by index
+  (UniRef/BFD: resume in seconds at any step, the same global batches on any
+  number of hosts);
+- `backend = 'numpy'`: `numpy_pipeline`, ProtT5 from FASTA without TensorFlow.
 
 TensorFlow-free on purpose: a run on a machine without TensorFlow/seqio (a
 bare GPU box) binds `DataConfig.backend = 'numpy'` and the same gin files
-parse, with `protjax.data.numpy_pipeline` behind `get_dataset`.
+parse. The task registry (the top-level `tasks` package) is imported here,
+at the edge, never by the pipelines.
 """
 from __future__ import annotations
 
@@ -38,11 +48,14 @@ class DataConfig:
     length_policy: "crop" (random window) or "drop" sequences that do not fit.
     feature_converter: None (objective's default), "encdec" or "encoder".
     source_files: FASTA paths/globs for the corpus, one string or a tuple
-      (required for uniref50, uniref100, bfd; protjax never downloads).
-    validation_fraction: share of ids held out for "validation".
+      (required for uniref50, uniref100, bfd; protjax never downloads); for a
+      `*_prepared_*` task, the prepared corpus folder.
+    validation_fraction: share of ids held out for "validation" (FASTA tasks;
+      a prepared corpus fixed its split when it was prepared).
     mask_rate: None for the objective's default (0.15 t5/bert, 0.25 electra).
     map_rare_residues: map U Z O B to X before tokenising (ProtTrans default).
-    shuffle_buffer_size: records in the seqio backend's shuffle buffer.
+    shuffle_buffer_size: records in the streaming shuffle buffer (a prepared
+      corpus is permuted whole instead).
     backend: "seqio" (tf.data; streams corpora of any size) or "numpy"
       (`numpy_pipeline`: no TensorFlow, ProtT5 objective, corpus in memory).
   """
@@ -68,15 +81,8 @@ class DataConfig:
 
     shard_info: this host's `ShardInfo` (or `seqio.ShardInfo`), None on one host.
     """
-    if self.backend == "seqio":
-      from protjax.data import pipeline as backend  # pylint: disable=import-outside-toplevel
-    elif self.backend == "numpy":
-      from protjax.data import numpy_pipeline as backend  # pylint: disable=import-outside-toplevel
-    else:
-      from protjax.errors import InputError  # pylint: disable=import-outside-toplevel
-      raise InputError(f"unknown DataConfig.backend {self.backend!r}; expected one of {BACKENDS}")
-    return backend.get_dataset(
-        self.task_name, split=split, sequence_length=self.sequence_length,
+    return get_dataset(
+        self.task_name, backend=self.backend, split=split, sequence_length=self.sequence_length,
         batch_size=batch_size or self.batch_size, seed=self.seed, start_step=start_step,
         shard_info=shard_info, feature_converter=self.feature_converter, pack=self.pack,
         repeat=(split == "train") if repeat is None else repeat,
@@ -84,6 +90,31 @@ class DataConfig:
         map_rare_residues=self.map_rare_residues, source_files=self.source_files or None,
         validation_fraction=self.validation_fraction,
         shuffle_buffer_size=self.shuffle_buffer_size)
+
+
+def get_dataset(task_name: str, *, backend: str = "seqio", **kwargs
+                ) -> Iterator[dict[str, np.ndarray]]:
+  """Numpy batches of a registered task from the path its corpus needs.
+
+  Arguments as `protjax.data.pipeline.get_dataset` (split, sequence_length,
+  batch_size, seed, start_step, shard_info, ...); `backend` "seqio" picks the
+  path from the task's source, "numpy" is the TensorFlow-free ProtT5 path.
+  """
+  if backend == "numpy":
+    from protjax.data import numpy_pipeline  # pylint: disable=import-outside-toplevel
+    return numpy_pipeline.get_dataset(task_name, **kwargs)
+  if backend != "seqio":
+    from protjax.errors import InputError  # pylint: disable=import-outside-toplevel
+    raise InputError(f"unknown DataConfig.backend {backend!r}; expected one of {BACKENDS}")
+  # pylint: disable=import-outside-toplevel
+  import tasks  # noqa: F401  (registers the built-in tasks)
+  from protjax.data import registry
+  spec = registry.get_spec(task_name)
+  if spec.prepared:
+    from protjax.data import prepared_pipeline
+    return prepared_pipeline.batches(spec, **kwargs)
+  from protjax.data import pipeline
+  return pipeline.batches(spec, **kwargs)
 
 
 GIN_CONFIGURABLES = (DataConfig,)

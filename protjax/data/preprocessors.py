@@ -20,10 +20,11 @@ Special tokens (`</s>`, `[CLS]`, `[SEP]`) and padding are never masked.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Mapping, Optional, Union
 
 import tensorflow as tf
 
+from protjax.errors import InputError
 from protjax.vocab import ProtBertVocabulary, ProtT5Vocabulary, ResidueVocabulary
 
 # Random replacements draw from the 20 standard amino acids (not X/B/O/U/Z,
@@ -106,6 +107,17 @@ def step_seed(seed: int, shard_index: int, step, purpose: int) -> tf.Tensor:
 
 
 # --- length handling -----------------------------------------------------------
+
+def single_length(sequence_length: Union[int, Mapping[str, int]]) -> int:
+  """One length for aligned inputs/targets (ints or seqio's {'inputs', 'targets'})."""
+  if isinstance(sequence_length, int):
+    return sequence_length
+  lengths = {int(v) for k, v in sequence_length.items() if k in ("inputs", "targets") and v}
+  if len(lengths) != 1:
+    raise InputError(f"sequence_length {dict(sequence_length)}: inputs and targets must be "
+                     "set and equal (masked inputs are aligned with their targets)")
+  return lengths.pop()
+
 
 def keep_if_fits(sequence: tf.Tensor, max_residues: int) -> tf.Tensor:
   """Predicate for the "drop" length policy: scalar bool."""
