@@ -13,9 +13,10 @@ import pytest
 from protjax.data import numpy_pipeline
 from protjax.data.config import DataConfig, ShardInfo
 from protjax.errors import InputError
-from protjax.vocab import ProtT5Vocabulary
+from protjax.vocab import ProtBertVocabulary, ProtT5Vocabulary
 
 T5 = ProtT5Vocabulary()
+BERT = ProtBertVocabulary()
 AA = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,22 +44,25 @@ def _take(cfg, n, split="train", **kw):
 
 def test_same_features_as_the_seqio_backend(tmp_path):
   path = _corpus(tmp_path)
-  for kind in ("encdec", "encoder"):
-    [a] = _take(_config(path, "numpy", feature_converter=kind), 1)
-    [b] = _take(_config(path, "seqio", feature_converter=kind), 1)
+  for task, kind in (("protjax_sample_t5", "encdec"), ("protjax_sample_t5", "encoder"),
+                     ("protjax_sample_bert", None)):
+    [a] = _take(_config(path, "numpy", task_name=task, feature_converter=kind), 1)
+    [b] = _take(_config(path, "seqio", task_name=task, feature_converter=kind), 1)
     assert {k: (v.shape, v.dtype) for k, v in a.items()} == {
         k: (v.shape, v.dtype) for k, v in b.items()}
 
 
-def test_validation_split_holds_the_same_proteins(tmp_path):
+@pytest.mark.parametrize("task,target", [("protjax_sample_t5", "decoder_target_tokens"),
+                                         ("protjax_sample_bert", "encoder_target_tokens")])
+def test_validation_split_holds_the_same_proteins(tmp_path, task, target):
   # Long enough that nothing is cropped: both backends must yield exactly the
-  # same held-out proteins (as token rows), in whatever order.
+  # same held-out proteins (as token rows, framing included), in whatever order.
   path = _corpus(tmp_path, n_records=400)
   rows = {}
   for backend in ("numpy", "seqio"):
-    batches = _take(_config(path, backend, sequence_length=160, batch_size=1,
+    batches = _take(_config(path, backend, task_name=task, sequence_length=160, batch_size=1,
                             validation_fraction=0.2), 10_000, "validation")
-    rows[backend] = sorted(tuple(b["decoder_target_tokens"][0]) for b in batches)
+    rows[backend] = sorted(tuple(b[target][0]) for b in batches)
   assert 40 < len(rows["numpy"]) < 120
   assert rows["numpy"] == rows["seqio"]
 
@@ -82,6 +86,36 @@ def test_prott5_masking_rule(tmp_path):
     residue += is_res.sum()
     masked += sel.sum()
   assert abs(masked / residue - 0.15) < 0.01
+
+
+def test_bert_masking_rule(tmp_path):
+  """`[CLS] residues [SEP]`; 15% of residues selected, of those 80% -> [MASK],
+  10% a random standard residue, 10% kept; loss weights exactly at the selected."""
+  path = _corpus(tmp_path, max_len=300)
+  batches = _take(_config(path, "numpy", task_name="protjax_sample_bert", sequence_length=128,
+                          batch_size=16), 40)
+  standard = set(BERT.encode("ACDEFGHIKLMNPQRSTVWY"))
+  residue = selected = to_mask = kept = 0
+  for b in batches:
+    inp, tgt, w = b["encoder_input_tokens"], b["encoder_target_tokens"], b["encoder_loss_weights"]
+    is_res = (tgt >= BERT.residue_ids[0]) & (tgt <= BERT.residue_ids[-1])
+    sel = w == 1
+    assert not (sel & ~is_res).any()                         # never [CLS], [SEP] or padding
+    np.testing.assert_array_equal(inp[~sel], tgt[~sel])      # the rest unchanged
+    assert (tgt[:, 0] == BERT.cls_id).all()
+    lengths = is_res.sum(1)
+    assert (tgt[np.arange(len(tgt)), lengths + 1] == BERT.eos_id).all()  # [SEP] after them
+    assert lengths.max() == 126                               # long proteins are cropped
+    changed = sel & (inp != tgt)
+    assert set(inp[changed & (inp != BERT.mask_id)].tolist()) <= standard
+    residue += is_res.sum()
+    selected += sel.sum()
+    to_mask += (sel & (inp == BERT.mask_id)).sum()
+    kept += (sel & (inp == tgt)).sum()
+  assert abs(selected / residue - 0.15) < 0.01
+  assert abs(to_mask / selected - 0.8) < 0.02
+  # Kept: the 10% left alone plus the random draws that hit the same residue (~1 in 20).
+  assert abs(kept / selected - (0.1 + 0.1 / 20)) < 0.02
 
 
 def test_deterministic_and_resumable(tmp_path):
@@ -111,7 +145,7 @@ def test_hosts_read_disjoint_shards(tmp_path):
 
 def test_unsupported_settings_are_one_line_errors(tmp_path):
   path = _corpus(tmp_path)
-  for kw, needle in ((dict(task_name="protjax_sample_bert"), "ProtT5's objective only"),
+  for kw, needle in ((dict(task_name="protjax_sample_xlnet"), "a '\\*_t5', '\\*_bert'"),
                      (dict(pack=True), "does not pack"),
                      (dict(source_files=()), "needs DataConfig.source_files"),
                      (dict(backend="arrow"), "unknown DataConfig.backend")):

@@ -7,7 +7,7 @@
   `protjax-data prepare`): `prepared_pipeline`, reading records by index
   (UniRef/BFD: resume in seconds at any step, the same global batches on any
   number of hosts);
-- `backend = 'numpy'`: `numpy_pipeline`, ProtT5 from FASTA without TensorFlow.
+- `backend = 'numpy'`: `numpy_pipeline`, FASTA without TensorFlow (t5, bert, electra objectives).
 
 TensorFlow-free on purpose: a run on a machine without TensorFlow/seqio (a
 bare GPU box) binds `DataConfig.backend = 'numpy'` and the same gin files
@@ -57,7 +57,7 @@ class DataConfig:
     shuffle_buffer_size: records in the streaming shuffle buffer (a prepared
       corpus is permuted whole instead).
     backend: "seqio" (tf.data; streams corpora of any size) or "numpy"
-      (`numpy_pipeline`: no TensorFlow, ProtT5 objective, corpus in memory).
+      (`numpy_pipeline`: no TensorFlow, any objective, corpus in memory).
   """
   task_name: str = "protjax_sample_t5"
   sequence_length: int = 512

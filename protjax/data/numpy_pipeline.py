@@ -1,17 +1,21 @@
-"""The ProtT5 pretraining pipeline in NumPy alone, for machines without TensorFlow.
+"""The pretraining pipeline in NumPy alone, for machines without TensorFlow.
 
 `DataConfig.backend = 'numpy'` selects it; it yields what the seqio backend
-(`protjax.data.pipeline`) yields for a `*_t5` task: the same features, dtypes
-and shapes, the same train/validation split (crc32 of the id), the same crop
-rule (one uniform window per long protein), the same masking rule (each
-residue -> `<extra_id_0>` with probability `mask_rate`, never `</s>` or
-padding) and the same determinism contract (the batch at step s depends only
-on (seed, shard, s), so resuming at step k yields batches k, k+1, ...). The
-random draws themselves differ from tf.random's.
+(`protjax.data.pipeline`) yields for a `*_t5`, `*_bert` or `*_electra` task:
+the same features, dtypes and shapes, the same train/validation split (crc32
+of the id), the same framing (`residues </s>`; `[CLS] residues [SEP]`), the
+same crop rule (one uniform window per long protein), the same masking rules
+(ProtT5: each residue -> `<extra_id_0>` with probability `mask_rate`; BERT:
+residues selected with probability `mask_rate`, of those 80% -> `[MASK]`,
+10% a random standard residue, 10% kept, loss weights 1 exactly at the
+selected ones; never a special token or padding) and the same determinism
+contract (the batch at step s depends only on (seed, shard, s), so resuming
+at step k yields batches k, k+1, ...). The random draws themselves differ
+from tf.random's.
 
 What it gives up: the corpus is read into memory (fine for the sample and for
-small corpora, not for UniRef), no packing, ProtT5's objective only, and a
-full random permutation per epoch instead of a shuffle buffer.
+small corpora, not for UniRef), no packing, and a full random permutation per
+epoch instead of a shuffle buffer.
 """
 from __future__ import annotations
 
@@ -22,10 +26,15 @@ import numpy as np
 
 from protjax.data.readers import is_validation, read_fasta, resolve_files
 from protjax.errors import InputError
-from protjax.vocab import ProtT5Vocabulary
+from protjax.vocab import ProtBertVocabulary, ProtT5Vocabulary, ResidueVocabulary
 
 CONVERTERS = ("encdec", "encoder")
 _PURPOSE_ORDER, _PURPOSE_CROP, _PURPOSE_MASK = 0, 1, 2
+# The objective of each task suffix (preprocessors.make_objective, without
+# TensorFlow): default mask rate and the feature converter a task gets.
+OBJECTIVES = {"t5": (0.15, "encdec"), "bert": (0.15, "encoder"), "electra": (0.25, "encoder")}
+# BERT's random replacements: the 20 standard residues (preprocessors.STANDARD_RESIDUES).
+STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 
 def load_split(files: Sequence[str], split: str, fraction: float,
@@ -60,28 +69,49 @@ def record_order(n: int, seed: int, shard: int, shuffle: bool, repeat: bool) -> 
                 else range(n))
 
 
-def encode_batch(seqs: Sequence[str], length: int, vocab: ProtT5Vocabulary,
+def _prefix(vocab: ResidueVocabulary) -> list[int]:
+  """`[CLS]` for the ProtBert vocabulary, nothing for ProtT5's."""
+  return [vocab.cls_id] if isinstance(vocab, ProtBertVocabulary) else []
+
+
+def encode_batch(seqs: Sequence[str], length: int, vocab: ResidueVocabulary,
                  rng: np.random.Generator) -> np.ndarray:
-  """Random windows of at most `length - 1` residues + `</s>`, 0-padded: int32 `[b, length]`."""
+  """Random windows of the residues that fit, framed (`residues </s>` or
+  `[CLS] residues [SEP]`) and 0-padded: int32 `[b, length]`."""
   tokens = np.zeros((len(seqs), length), np.int32)
-  max_res = length - 1
+  prefix = _prefix(vocab)
+  max_res = length - len(prefix) - 1
   starts = rng.random(len(seqs))
   for row, seq in enumerate(seqs):
     slack = max(len(seq) - max_res, 0)
     start = min(int(starts[row] * (slack + 1)), slack)
-    ids = vocab.encode(seq[start:start + max_res])
+    ids = prefix + list(vocab.encode(seq[start:start + max_res])) + [vocab.eos_id]
     tokens[row, :len(ids)] = ids
-    tokens[row, len(ids)] = vocab.eos_id
   return tokens
 
 
-def mask_and_convert(tokens: np.ndarray, vocab: ProtT5Vocabulary, rate: float,
-                     rng: np.random.Generator, kind: str) -> dict[str, np.ndarray]:
-  """ProtT5 masking of `[b, l]` ids, then the seqio feature names of `kind`."""
+def _bert_replace(tokens: np.ndarray, selected: np.ndarray, vocab: ResidueVocabulary,
+                  rng: np.random.Generator) -> np.ndarray:
+  """BERT's 80/10/10: selected ids -> `[MASK]`, a random standard residue, or kept."""
+  how = rng.random(tokens.shape)
+  standard = np.asarray(vocab.encode(STANDARD_RESIDUES), np.int32)
+  random_ids = standard[rng.integers(0, len(standard), tokens.shape)]
+  replaced = np.where(how < 0.8, np.int32(vocab.mask_id),
+                      np.where(how < 0.9, random_ids, tokens))
+  return np.where(selected, replaced, tokens).astype(np.int32)
+
+
+def mask_and_convert(tokens: np.ndarray, vocab: ResidueVocabulary, rate: float,
+                     rng: np.random.Generator, kind: str,
+                     objective: str = "t5") -> dict[str, np.ndarray]:
+  """The objective's masking of `[b, l]` ids, then the seqio feature names of `kind`."""
   ids = vocab.residue_ids
   residue = (tokens >= ids[0]) & (tokens <= ids[-1])
   selected = (rng.random(tokens.shape) < rate) & residue
-  inputs = np.where(selected, np.int32(vocab.mask_id), tokens)
+  if objective == "t5":
+    inputs = np.where(selected, np.int32(vocab.mask_id), tokens)
+  else:
+    inputs = _bert_replace(tokens, selected, vocab, rng)
   if kind == "encdec":
     return {"encoder_input_tokens": inputs,
             "decoder_input_tokens": np.pad(tokens[:, :-1], [(0, 0), (1, 0)]),
@@ -105,35 +135,38 @@ def get_dataset(task_name: str, *, split: str, sequence_length: int, batch_size:
 
   Arguments as `protjax.data.pipeline.get_dataset`; `source_files` is
   required, `shuffle_buffer_size` is ignored (whole-epoch permutations), and
-  `pack`, non-t5 tasks and `length_policy="drop"` are InputErrors.
+  `pack` and `length_policy="drop"` are InputErrors.
   """
   del shuffle_buffer_size
-  if not task_name.endswith("_t5"):
-    raise InputError(f"the numpy data backend runs ProtT5's objective only (a '*_t5' task), "
-                     f"not {task_name!r}; use DataConfig.backend = 'seqio'")
+  corpus, _, objective = task_name.rpartition("_")
+  if objective not in OBJECTIVES or not corpus:
+    raise InputError(f"the numpy data backend runs a '*_t5', '*_bert' or '*_electra' task, "
+                     f"not {task_name!r}")
   if pack or length_policy != "crop":
     raise InputError("the numpy data backend does not pack or drop; use DataConfig.backend = "
                      "'seqio' for pack=True or length_policy='drop'")
-  kind = feature_converter or "encdec"
+  default_rate, default_kind = OBJECTIVES[objective]
+  kind = feature_converter or default_kind
   if kind not in CONVERTERS:
     raise InputError(f"unknown feature converter {kind!r}; expected {CONVERTERS}")
-  if not isinstance(sequence_length, int) or sequence_length < 2:
-    raise InputError(f"sequence_length must be an int >= 2, got {sequence_length!r}")
+  shortest = 2 if objective == "t5" else 3  # one residue and its framing
+  if not isinstance(sequence_length, int) or sequence_length < shortest:
+    raise InputError(f"sequence_length must be an int >= {shortest}, got {sequence_length!r}")
   if batch_size < 1:
     raise InputError(f"batch_size must be positive, got {batch_size}")
   if not source_files:
     raise InputError(f"the numpy data backend needs DataConfig.source_files (task {task_name!r})")
   if isinstance(source_files, str):
     source_files = [source_files]
-  corpus = task_name[:-len("_t5")]
   files = resolve_files(source_files, corpus)
   shard, shards = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
   seqs = load_split(files, split, validation_fraction, shard, shards)
   what = f"task {task_name!r} split {split!r} with batch_size {batch_size}"
   if len(seqs) < batch_size and not (repeat and seqs):
     raise InputError(f"{what} gives not a single complete batch ({len(seqs)} records)")
-  vocab = ProtT5Vocabulary(map_rare_residues=map_rare_residues)
-  rate = 0.15 if mask_rate is None else mask_rate
+  vocab_class = ProtT5Vocabulary if objective == "t5" else ProtBertVocabulary
+  vocab = vocab_class(map_rare_residues=map_rare_residues)
+  rate = default_rate if mask_rate is None else mask_rate
   shuffle = (split == "train") if shuffle is None else shuffle
   order = record_order(len(seqs), seed, shard, shuffle, repeat)
   # Skip whole batches of record indices (no tokenising) to reach start_step.
@@ -144,4 +177,5 @@ def get_dataset(task_name: str, *, split: str, sequence_length: int, batch_size:
       return
     tokens = encode_batch([seqs[i] for i in rows], sequence_length, vocab,
                           _rng(seed, shard, step, _PURPOSE_CROP))
-    yield mask_and_convert(tokens, vocab, rate, _rng(seed, shard, step, _PURPOSE_MASK), kind)
+    yield mask_and_convert(tokens, vocab, rate, _rng(seed, shard, step, _PURPOSE_MASK), kind,
+                           objective)
