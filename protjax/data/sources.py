@@ -200,3 +200,72 @@ def input_errors():
     if _PENDING_ERROR:
       raise _PENDING_ERROR[0] from None
     raise InputError(f"input pipeline failed: {e.message.splitlines()[0]}") from e
+
+
+class PreparedSource(seqio.DataSource):
+  """A seqio DataSource over a prepared corpus (`protjax-data prepare`).
+
+  The batched path is `prepared_pipeline` (records by index); this class
+  also serves seqio's per-example `Task.get_dataset`, in the same order.
+
+  Args:
+    directory: the corpus folder, or a callable returning a list with it
+      (resolved when a dataset is built, so gin/flags can set it later).
+    name: corpus name for error messages.
+  """
+  index_based = True
+
+  def __init__(self, directory: Union[str, Callable[[], Sequence[str]]], *, name: str):
+    super().__init__(splits=SPLITS, performs_internal_shuffling=True)
+    self._directory = directory
+    self.name = name
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def directory(self, override: Union[str, Sequence[str], None] = None) -> str:
+    """The corpus folder: `override` (DataConfig.source_files) or the task's."""
+    given = override or (self._directory() if callable(self._directory) else self._directory)
+    if isinstance(given, str):
+      given = [given]
+    given = [g for g in given or () if g]
+    if len(given) != 1:
+      raise InputError(f"corpus {self.name!r} needs one prepared-corpus folder (made by "
+                       "protjax-data prepare), got "
+                       f"{list(given) or 'none'}: set DataConfig.source_files, "
+                       f"protjax-data --source, or PROTJAX_{self.name.upper()}_FILES")
+    return given[0]
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    from protjax.data import prepared  # pylint: disable=import-outside-toplevel
+    corpus = prepared.PreparedCorpus(self.directory(), split)
+    return [s["file"] for s in corpus.shards]
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True,
+                  seed: Optional[int] = None, shard_info: Optional[seqio.ShardInfo] = None,
+                  *, sequence_length=None, use_cached=False, num_epochs: Optional[int] = 1
+                  ) -> tf.data.Dataset:
+    """Records `{"id": str, "sequence": str}`: this host's positions h, h + n, ...
+    of the run's order (`prepared_pipeline.record_indices`)."""
+    from protjax.data import prepared, prepared_pipeline  # pylint: disable=import-outside-toplevel
+    corpus = prepared.PreparedCorpus(self.directory(), split)
+    index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+    n, seed = corpus.num_records, 0 if seed is None else int(seed)
+    stop = None if num_epochs is None else n * num_epochs
+
+    def records():
+      chunk = 1024 * count
+      start = 0
+      while n and (stop is None or start < stop):
+        end = start + chunk if stop is None else min(start + chunk, stop)
+        positions = np.arange(start + index, end, count, dtype=np.int64)
+        found = corpus.read(prepared_pipeline.record_indices(positions, n, seed, shuffle))
+        pairs = [prepared.decode_record(r) for r in found]
+        yield (np.array([p[0] for p in pairs], dtype=object),
+               np.array([p[1] for p in pairs], dtype=object))
+        start = end
+
+    signature = (tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.string))
+    ds = tf.data.Dataset.from_generator(records, output_signature=signature).unbatch()
+    return ds.map(lambda i, s: {"id": i, "sequence": s})
