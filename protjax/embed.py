@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from protjax.errors import InputError, cli_main
-from protjax.vocab import PROTT5_RESIDUES, TokenListVocabulary
+from protjax.tokenizer import PROTT5_RESIDUES, TokenListVocabulary
 
 # Token-length ladder for padded shapes: powers of two and the halfway points
 # (x1.5), so padding wastes at most a third and on average ~15%. Lengths above
@@ -257,6 +257,22 @@ def embed_loop(records: Sequence[tuple[str, str]], run_batch: RunBatch,
 # --------------------------------------------------------------------------
 # Model loading.
 # --------------------------------------------------------------------------
+def model_digest(params, config, vocabulary) -> str:
+  """SHA-256 over the config, the vocabulary and every parameter's path, dtype,
+  shape and bytes (host float32 weights, before any cast): what the model is."""
+  import hashlib
+  import jax
+  h = hashlib.sha256()
+  h.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+  h.update(json.dumps(vocabulary.to_dict(), sort_keys=True).encode())
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0],
+                           key=lambda item: jax.tree_util.keystr(item[0])):
+    x = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)} {x.dtype} {x.shape}".encode())
+    h.update(x.reshape(-1).view(np.uint8))
+  return h.hexdigest()
+
+
 def _choose_model_parallel(param_bytes: int, devices) -> int:
   """Smallest model-parallel size whose param shard fits in ~half a device.
 
@@ -343,11 +359,15 @@ class Embedder:
     self.max_length = max_length
     self.family = registry.family_of(config)
     self.vocab = vocabulary or self.family.vocabulary()
-    self.config = dataclasses.replace(
-        config, dtype=dtype, dropout_rate=0.0,
-        attention_impl=attention_impl or config.attention_impl)
-    self.dim = int(config.d_model)
     devices = list(jax.local_devices() if devices is None else devices)
+    attention_impl = attention_impl or config.attention_impl
+    if dtype == "float16" and attention_impl == "xla" and devices[0].platform == "cpu":
+      # XLA's CPU dot_general has no float16 x float16 -> float32 kernel,
+      # which jax.nn.dot_product_attention asks for; the einsum path runs.
+      attention_impl = "einsum"
+    self.config = dataclasses.replace(config, dtype=dtype, dropout_rate=0.0,
+                                      attention_impl=attention_impl)
+    self.digest = model_digest(params, config, self.vocab)
     params = _cast_on_host(params, dtype)
     param_bytes = partitioning.num_bytes(params)
     if model_parallel == "auto":
@@ -359,6 +379,7 @@ class Embedder:
                              long_threshold=long_threshold, long_step=long_step,
                              num_shards=self.partitioner.data_size)
     self._param_shardings = self._shardings_for(params)
+    self.dim = self._output_dim(params)
     self.params = jax.device_put(params, self._param_shardings)
     self._fns: dict = {}
 
@@ -385,10 +406,21 @@ class Embedder:
     sub = {k: params_axes[k] for k in params if k in params_axes}
     return self.partitioner.param_shardings(params, sub)
 
+  def _output_dim(self, params) -> int:
+    """The width of the encoder's output, from abstract shapes (every family names it
+    differently in its config)."""
+    import jax
+    dummy = jax.ShapeDtypeStruct((1, 8), jax.numpy.int32)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    out = jax.eval_shape(lambda p, t: self._module(long=False).apply({"params": p}, t),
+                         abstract, dummy)
+    return int(out.shape[-1])
+
   def options(self) -> dict:
     """What changes the numbers: stored as the files' `options` attribute."""
     names = self.vocab.to_dict()
     return {"family": self.family.name, "layer": self.family.layer_embedded,
+            "model_digest": self.digest,
             "dtype": self.dtype, "storage_dtype": self.storage_dtype,
             "special_tokens_dropped": names["prefix"] + names["suffix"],
             "pooling": "mean over residues",
@@ -458,13 +490,32 @@ class Embedder:
 # FASTA -> HDF5.
 # --------------------------------------------------------------------------
 def _check_existing(writer) -> None:
-  """InputError if `writer`'s partial or final file exists for another model."""
+  """InputError if `writer`'s partial or final file exists for another model.
+
+  The model is identified by what it is (`model_digest` of its weights,
+  config and vocabulary) and how it was run (the options that change the
+  numbers), not by its folder's name: two checkpoints in folders of the same
+  name must never mix in one file. Files written before digests were stored
+  are matched by name.
+  """
   from protjax import embeddings_io
+  mine = writer.attrs.options
   for path in (writer.partial_path, writer.path):
-    if os.path.exists(path):
-      embeddings_io.check_compatible(
-          embeddings_io.read_attrs(path), path, model=writer.attrs.model,
-          dim=writer.attrs.dim, kind=writer.attrs.kind)
+    if not os.path.exists(path):
+      continue
+    attrs = embeddings_io.read_attrs(path)
+    theirs = attrs.options
+    embeddings_io.check_compatible(
+        attrs, path, model=None if "model_digest" in theirs else writer.attrs.model,
+        dim=writer.attrs.dim, kind=writer.attrs.kind)
+    if theirs.get("model_digest", mine["model_digest"]) != mine["model_digest"]:
+      raise InputError(f"embeddings were written by another model (weights digest "
+                       f"{theirs['model_digest'][:12]}, model {attrs.model!r}); this one is "
+                       f"{mine['model_digest'][:12]}: write to another file", path=path)
+    for key in ("dtype", "storage_dtype", "attention_impl", "long_threshold"):
+      if key in theirs and theirs[key] != mine[key]:
+        raise InputError(f"embeddings were written with {key}={theirs[key]!r}, this run "
+                         f"uses {mine[key]!r}: write to another file", path=path)
 
 
 def embed_fasta(model: "str | os.PathLike | Embedder", fasta: str | os.PathLike, *,

@@ -99,7 +99,7 @@ class LoadedModel:
     kind: "encoder", or the family's full kind ("encoder_decoder",
       "masked_lm") when the pretraining head is included.
     family: the `registry.Family`.
-    vocabulary: the `vocab.TokenListVocabulary` the model was trained with.
+    vocabulary: the `tokenizer.TokenListVocabulary` the model was trained with.
   """
   params: Any
   config: Any
@@ -134,7 +134,7 @@ def _select(params: Mapping[str, Any], family, kind: str) -> dict[str, Any]:
 
 
 def _vocabulary_from_dict(meta: Mapping[str, Any], family, *, path: str):
-  from protjax.vocab import TokenListVocabulary
+  from protjax.tokenizer import TokenListVocabulary
   stored = meta.get("vocabulary")
   if stored is None:
     return family.vocabulary()
@@ -282,7 +282,7 @@ def directory_vocabulary(directory: str, family, vocab_size: int):
   proteins with.
   """
   from protjax import hf
-  from protjax.vocab import TokenListVocabulary
+  from protjax.tokenizer import TokenListVocabulary
   released = family.vocabulary()
   tokens = hf.read_tokens(directory)
   if tokens is None:

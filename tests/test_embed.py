@@ -511,3 +511,39 @@ def test_titin_sized_protein_embeds(tiny, tmp_path):
   np.testing.assert_allclose(prot["titin"], res["titin"].astype(np.float64).mean(0),
                              atol=1e-4)   # float32 sums over 35k rows
   assert grown_kib < 2 * 2**20        # < 2 GiB; dense attention scores alone: ~10 GiB
+
+
+def cli(*args, timeout=120):
+  """`protjax-embed ARGS` in a subprocess, as a user runs it: (exit code, stdout, stderr)."""
+  proc = subprocess.run([sys.executable, "-m", "protjax.embed", *map(str, args)],
+                        capture_output=True, text=True, timeout=timeout)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_cli_never_mixes_two_models_in_one_file(tiny, fasta, tmp_path):
+  """Two checkpoints in folders of the same name: the second may not resume the
+  first's file (issue: 'N already done' with vectors of two sets of weights)."""
+  params, config = tiny
+  records = list(read_fasta(fasta))
+  first = tmp_path / "first.fasta"
+  first.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records[:2]))
+  a = export.save_params_checkpoint(tmp_path / "a" / "model", params, config)
+  other = jax.tree.map(lambda x: x * 1.5, params)
+  b = export.save_params_checkpoint(tmp_path / "b" / "model", other, config)
+  out = tmp_path / "prot.h5"
+  code, _, err = cli("--model", a, "--fasta", first, "--per_protein", out, "--no_progress")
+  assert code == 0, err
+  before = out.read_bytes()
+  code, _, err = cli("--model", b, "--fasta", fasta, "--per_protein", out, "--no_progress")
+  assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+  assert str(out) in err and "another model" in err
+  assert out.read_bytes() == before and not os.path.exists(str(out) + ".partial")
+  # The same weights under another folder name resume the file.
+  code, stdout, err = cli("--model", a, "--fasta", fasta, "--per_protein", out, "--no_progress")
+  assert code == 0 and "(2 already done)" in stdout, err
+  # float16 on the CPU: the default attention has no float16 kernel there; the
+  # embedder picks one that runs.
+  code, stdout, err = cli("--model", a, "--fasta", first, "--per_protein", tmp_path / "h.h5",
+                          "--dtype", "float16", "--no_progress")
+  assert code == 0 and "embedded 2 proteins" in stdout, err
+  assert not list(tmp_path.glob("*.partial"))

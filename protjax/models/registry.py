@@ -76,7 +76,7 @@ class Family:
     full_kind: what an export with the pretraining head is called
       ("encoder_decoder": ProtT5's decoder; "masked_lm": BERT's MLM head);
       the encoder alone is always "encoder".
-    vocabulary: () -> the released vocabulary (`vocab.TokenListVocabulary`),
+    vocabulary: () -> the released vocabulary (`tokenizer.TokenListVocabulary`),
       used when a model directory carries none.
     make_model: config -> the trainer Model.
     owns: config -> whether a config of `config_class` is this family's
@@ -148,15 +148,15 @@ def _bert_model(family: str):
 
 
 def _prott5_vocabulary():
-  from protjax import vocab  # pylint: disable=import-outside-toplevel
-  return vocab.TokenListVocabulary(vocab.ProtT5Vocabulary().tokens(), unk_token="<unk>",
-                                   pad_token="<pad>", suffix=("</s>",))
+  from protjax import tokenizer  # pylint: disable=import-outside-toplevel
+  return tokenizer.TokenListVocabulary(tokenizer.prott5_tokens(), unk_token="<unk>",
+                                       pad_token="<pad>", suffix=("</s>",))
 
 
 def _protbert_vocabulary():
-  from protjax import vocab  # pylint: disable=import-outside-toplevel
-  return vocab.TokenListVocabulary(vocab.ProtBertVocabulary().tokens(), unk_token="[UNK]",
-                                   pad_token="[PAD]", prefix=("[CLS]",), suffix=("[SEP]",))
+  from protjax import tokenizer  # pylint: disable=import-outside-toplevel
+  return tokenizer.TokenListVocabulary(tokenizer.protbert_tokens(), unk_token="[UNK]",
+                                       pad_token="[PAD]", prefix=("[CLS]",), suffix=("[SEP]",))
 
 
 FAMILIES: Mapping[str, Family] = {
