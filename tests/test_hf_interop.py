@@ -264,6 +264,18 @@ def test_hf_tokenizer_gives_protjax_ids(tokenizer_dir, loader):
   np.testing.assert_array_equal(batch["attention_mask"], tokenize(SEQUENCES) != 0)
 
 
+def test_sentencepiece_model_gives_protjax_ids(tokenizer_dir):
+  """spiece.model is what transformers 4's slow T5Tokenizer reads (the ProtTrans
+  README's `T5Tokenizer.from_pretrained(dir, do_lower_case=False)`; checked by
+  hand with transformers 4.34.1: same ids, <extra_id_0> = 127)."""
+  spm = pytest.importorskip("sentencepiece")
+  sp = spm.SentencePieceProcessor(model_file=os.path.join(tokenizer_dir, "spiece.model"))
+  assert sp.get_piece_size() == 28
+  assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
+  for seq in SEQUENCES + [PROTT5_RESIDUES[:20]]:
+    assert sp.encode(" ".join(seq)) == ProtT5Vocabulary().encode(seq)
+
+
 # --- parity with transformers (PyTorch, CPU, float32) ------------------------------
 def _perturbed(params, seed):
   """Random norm scales too: with all-ones scales a swapped norm would go unseen."""

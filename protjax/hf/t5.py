@@ -405,8 +405,42 @@ def _tokenizer_json(vocabulary) -> str:
   return tokenizer.to_str(pretty=True)
 
 
+def _sentencepiece_model(vocabulary) -> bytes:
+  """spiece.model: a SentencePiece Unigram model with exactly protjax's ids.
+
+  transformers 4's slow `T5Tokenizer` (the ProtTrans README's
+  `T5Tokenizer.from_pretrained(dir, do_lower_case=False)`) reads only this
+  file. Its pieces are the base vocabulary (`<pad>`, `</s>`, `<unk>`, `▁A`,
+  `▁L`, ...); T5Tokenizer appends the 100 `<extra_id_N>` itself, in the
+  order protjax uses. Identity normalisation with a dummy prefix, so "M K T"
+  splits into one piece per residue, as the released model does.
+  """
+  from sentencepiece import sentencepiece_model_pb2 as pb  # pylint: disable=import-outside-toplevel
+  types = {"<pad>": pb.ModelProto.SentencePiece.CONTROL,
+           "</s>": pb.ModelProto.SentencePiece.CONTROL,
+           "<unk>": pb.ModelProto.SentencePiece.UNKNOWN}
+  base = [t for t in vocabulary.tokens() if not t.startswith("<extra_id_")]
+  residue_score = -math.log(len(base) - len(types))
+  model = pb.ModelProto()
+  for token in base:
+    piece = model.pieces.add()
+    piece.piece = token if token in types else "\u2581" + token
+    piece.score = 0.0 if token in types else residue_score
+    piece.type = types.get(token, pb.ModelProto.SentencePiece.NORMAL)
+  spec = model.trainer_spec
+  spec.model_type = pb.TrainerSpec.UNIGRAM
+  spec.vocab_size = len(base)
+  spec.pad_id, spec.eos_id, spec.unk_id, spec.bos_id = (
+      base.index("<pad>"), base.index("</s>"), base.index("<unk>"), -1)
+  model.normalizer_spec.name = "identity"
+  model.normalizer_spec.add_dummy_prefix = True
+  model.normalizer_spec.remove_extra_whitespaces = True
+  model.normalizer_spec.escape_whitespaces = True
+  return model.SerializeToString()
+
+
 def write_tokenizer(directory: str, vocabulary) -> None:
-  """Writes tokenizer.json, tokenizer_config.json and special_tokens_map.json."""
+  """Writes tokenizer.json, spiece.model, tokenizer_config.json and special_tokens_map.json."""
   import json  # pylint: disable=import-outside-toplevel
 
   def write_json(name, obj):
@@ -416,6 +450,8 @@ def write_tokenizer(directory: str, vocabulary) -> None:
 
   with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
     f.write(_tokenizer_json(vocabulary))
+  with open(os.path.join(directory, "spiece.model"), "wb") as f:
+    f.write(_sentencepiece_model(vocabulary))
   extra = [t for t in vocabulary.tokens() if t.startswith("<extra_id_")]
   extra.sort(key=lambda t: int(t[len("<extra_id_"):-1]))
   specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
