@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import pathlib
 from typing import Any, Callable, Mapping
 
 from protjax.errors import InputError
 
 Shapes = Mapping[str, tuple[int, ...]]
 ENCODER = "encoder"
+GIN_MODELS = pathlib.Path(__file__).resolve().parents[2] / "gin_configs" / "models"
 
 
 class EncoderDecoderAdapter:
@@ -73,6 +75,8 @@ class Family:
     config_class: name of the config dataclass in `model_module`.
     encoder_class: name of the encoder-only linen module in `model_module`:
       `module(config)(tokens [b, l], segment_ids, positions) -> [b, l, d]`.
+    objective: the pretraining objective (`protjax.data.preprocessors`) its
+      tasks are named after: `{corpus}_{objective}`.
     full_kind: what an export with the pretraining head is called
       ("encoder_decoder": ProtT5's decoder; "masked_lm": BERT's MLM head);
       the encoder alone is always "encoder".
@@ -88,6 +92,7 @@ class Family:
   model_module: str
   config_class: str
   encoder_class: str
+  objective: str
   full_kind: str
   vocabulary: Callable[[], Any]
   make_model: Callable[[Any], Any]
@@ -106,8 +111,9 @@ class Family:
     return importlib.import_module(self.hf_module)
 
   def get_config(self, name: str, **overrides):
-    """The config of a named size or gin file (`gin_configs/models/<family>_<name>.gin`)."""
-    return self.module().get_config(name, **overrides)
+    """The config of a named size (`gin_configs/models/<family>_<name>.gin`) or a gin file."""
+    sized = GIN_MODELS / f"{self.name}_{name}.gin"
+    return self.module().get_config(str(sized) if sized.is_file() else name, **overrides)
 
   def config_from_dict(self, fields: Mapping[str, Any], *, path=None):
     """The config from its JSON fields; an unknown field or bad value is an InputError."""
@@ -162,18 +168,18 @@ def _protbert_vocabulary():
 FAMILIES: Mapping[str, Family] = {
     "prott5": Family(
         name="prott5", model_module="protjax.models.t5", config_class="T5Config",
-        encoder_class="T5Encoder", full_kind="encoder_decoder",
+        encoder_class="T5Encoder", objective="t5", full_kind="encoder_decoder",
         vocabulary=_prott5_vocabulary, make_model=_prott5_model, hf_module="protjax.hf.t5",
         layer_embedded="the encoder's last hidden state (after its final norm)"),
     "protbert": Family(
         name="protbert", model_module="protjax.models.bert", config_class="BertConfig",
-        encoder_class="BertEncoder", full_kind="masked_lm",
+        encoder_class="BertEncoder", objective="bert", full_kind="masked_lm",
         vocabulary=_protbert_vocabulary, make_model=_bert_model("protbert"),
         owns=lambda config: not config.share_layers, hf_module="protjax.hf.bert",
         layer_embedded="the last encoder layer's output (no MLM head)"),
     "protalbert": Family(
         name="protalbert", model_module="protjax.models.bert", config_class="BertConfig",
-        encoder_class="BertEncoder", full_kind="masked_lm",
+        encoder_class="BertEncoder", objective="bert", full_kind="masked_lm",
         vocabulary=_protbert_vocabulary, make_model=_bert_model("protalbert"),
         owns=lambda config: config.share_layers, hf_module="protjax.hf.bert",
         layer_embedded="the last (shared) encoder layer's output (no MLM head)"),
