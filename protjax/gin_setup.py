@@ -15,6 +15,7 @@ import gin
 # Modules that may declare GIN_CONFIGURABLES; the ones not yet present are skipped.
 MODULES = (
     "protjax.models.t5",
+    "protjax.models.bert",
     "protjax.models.registry",
     "protjax.data.config",
     "protjax.data.pipeline",
