@@ -25,13 +25,29 @@ def tiny(family, **overrides):
 
 @functools.lru_cache(maxsize=None)
 def _tiny_params(family):
+  """Random params of the tiny size, drawn in numpy on the abstract tree.
+
+  Compiling `init` costs seconds; the behaviour tests need any weights, and
+  norms and biases away from 1 and 0 make a misplaced one visible.
+  """
   model = bert.EncoderMLMModel(tiny(family))
-  return model.init_variables(jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 8)})["params"]
+  abstract = jax.eval_shape(lambda r: model.init_variables(
+      r, {"encoder_input_tokens": (1, 8)})["params"], jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == "scale":
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    if name.endswith("bias"):
+      return rng.uniform(-0.1, 0.1, leaf.shape).astype(np.float32)
+    return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def model_and_params(request):
-  """(family, EncoderMLMModel of the tiny size, its params)."""
+  """(family, EncoderMLMModel of the tiny size, random params)."""
   return request.param, bert.EncoderMLMModel(tiny(request.param)), _tiny_params(request.param)
 
 
@@ -166,10 +182,15 @@ def test_parameter_tree_and_logical_axes_follow_the_docstring(family):
     bert.encoder_params({"token_embedder": {}})
 
 
-def test_initialisation_is_bert_s(model_and_params):
-  _, _, params = model_and_params
+@pytest.mark.parametrize("family", FAMILIES)
+def test_initialisation_follows_bert(family):
+  model = bert.EncoderMLMModel(tiny(family))
+  params = jax.jit(lambda r: model.init_variables(r, {"encoder_input_tokens": (1, 8)}))(
+      jax.random.PRNGKey(0))["params"]
   flat = _flat(params)
-  for path in ("embeddings/word_embeddings/embedding", "mlm_head/dense/kernel"):
+  # normal(0.02) everywhere, queries included (T5 scales its init by fan-in and d_kv).
+  query = next(k for k in flat if k.endswith("attention/query/kernel"))
+  for path in ("embeddings/word_embeddings/embedding", "mlm_head/dense/kernel", query):
     assert abs(float(np.std(flat[path])) - 0.02) < 0.005, path
   assert np.all(flat["embeddings/layer_norm/scale"] == 1.0)
   assert not np.any(flat["mlm_head/output_bias"])
@@ -212,9 +233,14 @@ def _batch(seed=0):
 def test_loss_is_over_masked_positions_only(model_and_params):
   _, model, params = model_and_params
   batch = _batch()
-  grad_fn = jax.value_and_grad(lambda p, b: model.loss_fn(p, b, None), has_aux=True)
-  step = jax.jit(lambda p, b: (grad_fn(p, b), model.apply(p, b)))  # one compilation
-  ((loss, m), grads), logits = step(params, batch)
+
+  def loss_fn(p, b):  # model.loss_fn, keeping the logits (one compilation)
+    logits = model.apply(p, b)
+    loss, metrics = bert._loss_and_metrics(logits, b)  # pylint: disable=protected-access
+    return loss, (metrics, logits)
+
+  step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  (loss, (m, logits)), grads = step(params, batch)
   logits = np.asarray(logits, np.float64)
   t, w = batch["encoder_target_tokens"], batch["encoder_loss_weights"]
   log_z = np.log(np.exp(logits).sum(-1))
@@ -227,7 +253,7 @@ def test_loss_is_over_masked_positions_only(model_and_params):
   assert float(m["masked_residue_accuracy"]) == float(m["accuracy"])
   # A target where the weight is 0 does not count.
   changed = dict(batch, encoder_target_tokens=np.where(w > 0, t, 7))
-  assert float(step(params, changed)[0][0][0]) == float(loss)
+  assert float(step(params, changed)[0][0]) == float(loss)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
   assert float(jnp.abs(_flat(grads)["mlm_head/output_bias"]).sum()) > 0
 
