@@ -4,11 +4,18 @@ Every reader is a plain generator: it holds one record in memory at a time
 (plus, for duplicate-id checks, the set of ids seen so far), opens `.gz`
 files transparently (detected by magic bytes, so a gzipped file without the
 suffix works too), and raises `protjax.errors.InputError` naming the file,
-the record and the 1-based residue position for bad input.
+the record and the 1-based residue position for bad input. A truncated or
+corrupt gzip file, or a file named `.gz` that is not gzip data, is an
+InputError naming the file too, wherever the damage lies.
+
+Text is UTF-8. A byte that is not UTF-8 is an error in a record id (ids name
+HDF5 datasets and must round-trip exactly) and in sequence data (it is not a
+residue); in the rest of a FASTA header (the description) it reads as U+FFFD.
 
 Documented normalisations (everything else that is not a residue is an error):
 - lower-case residues are upper-cased;
-- whitespace inside sequence lines is ignored;
+- spaces and tabs inside sequence lines are ignored (sequences written as
+  `M K T A ...`, the ProtTrans tokenizer's input, read as `MKTA...`);
 - one trailing `*` (stop codon) is stripped; an internal `*` is an error;
 - the residue alphabet is the 25 letters of the ProtTrans vocabularies
   (`ACDEFGHIKLMNPQRSTVWY` + `X B O U Z`); anything else (digits, `J`, `-`,
@@ -54,10 +61,49 @@ DEEPLOC_LOCATIONS = ("Nucleus", "Cytoplasm", "Extracellular", "Mitochondrion",
                      "Golgi.apparatus", "Lysosome/Vacuole", "Peroxisome")
 
 
+def _gzip_problem(error: Exception) -> str:
+  """What a gzip read error means, for a one-line message."""
+  if isinstance(error, EOFError):
+    return "gzip data is truncated (the file ends before the gzip stream does)"
+  if isinstance(error, gzip.BadGzipFile):
+    return f"gzip data is corrupt ({error})"
+  if isinstance(error, zlib.error):
+    return f"gzip data is corrupt (zlib: {str(error).split(': ', 1)[-1]})"
+  return f"cannot read ({error.__class__.__name__}: {error})"
+
+
+class _GzipReader(gzip.GzipFile):
+  """A GzipFile whose read errors are InputErrors naming the file.
+
+  The damage in a truncated or overwritten gzip file shows only when the
+  reader gets there, deep inside a text or CSV reader (or a tf.data
+  generator): the error must name the file there.
+  """
+
+  def _checked(self, read, size):
+    try:
+      return read(size)
+    except (EOFError, OSError, zlib.error) as e:
+      raise InputError(_gzip_problem(e), path=self.name) from None
+
+  def read(self, size=-1):
+    return self._checked(super().read, size)
+
+  def read1(self, size=-1):
+    return self._checked(super().read1, size)
+
+  def peek(self, n):
+    return self._checked(super().peek, n)
+
+
 def open_text(path: str | os.PathLike) -> TextIO:
   """Opens `path` for streaming text reading, gunzipping if it is gzip data.
 
-  Raises InputError if the file does not exist or is a directory.
+  Bytes that are not UTF-8 come through as surrogate escapes (U+DC80..U+DCFF),
+  so a reader can name them (`not_utf8`).
+
+  Raises InputError if the file does not exist or is a directory, or if it is
+  named `.gz` but does not start like gzip data.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
@@ -66,10 +112,28 @@ def open_text(path: str | os.PathLike) -> TextIO:
     raise InputError("is a directory, expected a file", path=path)
   with open(path, "rb") as f:
     magic = f.read(2)
-  if magic == b"\x1f\x8b" or path.endswith(".gz"):
-    return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace",
-                            newline="")
-  return open(path, "r", encoding="utf-8", errors="replace", newline="")
+  if magic == b"\x1f\x8b":
+    return io.TextIOWrapper(_GzipReader(path, "rb"), encoding="utf-8",
+                            errors="surrogateescape", newline="")
+  if path.endswith(".gz"):
+    raise InputError("named .gz but is not gzip data (rename it if it is plain text)",
+                     path=path)
+  return open(path, "r", encoding="utf-8", errors="surrogateescape", newline="")
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def not_utf8(text: str) -> Optional[str]:
+  """`'byte 0xNN'` for the first byte of `text` that was not UTF-8 (see
+  `open_text`), or None when it is all UTF-8."""
+  bad = _NOT_UTF8.search(text)
+  return None if bad is None else f"byte 0x{ord(bad.group()) - 0xDC00:02x}"
+
+
+def _printable(text: str) -> str:
+  """`text` with bytes that were not UTF-8 shown as U+FFFD (descriptions)."""
+  return _NOT_UTF8.sub("\ufffd", text)
 
 
 def normalise_sequence(seq: str, *, path: Optional[str] = None,
@@ -97,7 +161,12 @@ def normalise_sequence(seq: str, *, path: Optional[str] = None,
   bad = _NOT_RESIDUE.search(seq)
   if bad is not None:
     char = bad.group()
-    what = "internal '*' stop codon" if char == "*" else f"character {char!r} is not a residue"
+    if char == "*":
+      what = "internal '*' stop codon"
+    elif not_utf8(char):
+      what = f"{not_utf8(char)} (not UTF-8 text) is not a residue"
+    else:
+      what = f"character {char!r} is not a residue"
     raise InputError(what, path=path, record=record, position=bad.start() + 1)
   if max_length is not None and len(seq) > max_length:
     raise InputError(f"sequence has {len(seq)} residues, more than max_length={max_length}",
@@ -137,6 +206,10 @@ def read_fasta_headers(path: str | os.PathLike, *, max_length: Optional[int] = N
     if not header:
       raise InputError(f"line {lineno}: empty FASTA header", path=path)
     rid = header.split(None, 1)[0]
+    if not_utf8(rid):
+      raise InputError(f"line {lineno}: record id has {not_utf8(rid)}, which is not UTF-8 "
+                       "text (ids must be UTF-8: they name the output datasets)", path=path)
+    header = _printable(header)
     if check_duplicates:
       if rid in seen:
         raise InputError("duplicate record id", path=path, record=rid)
