@@ -7,7 +7,9 @@ the one-line message to stderr and exits with status 2 instead of a traceback.
 from __future__ import annotations
 
 import functools
+import gc
 import sys
+import traceback
 from typing import Callable, Optional
 
 
@@ -31,7 +33,11 @@ class InputError(ValueError):
 
 
 def cli_main(main: Callable[..., int | None]) -> Callable[..., int]:
-  """Decorates a CLI entry point: InputError -> one line on stderr, exit 2."""
+  """Decorates a CLI entry point: InputError -> one line on stderr, exit 2.
+
+  Whatever the outcome, what the run held is released before the interpreter
+  shuts down (see `_exit`).
+  """
 
   @functools.wraps(main)
   def wrapper(*args, **kwargs):
@@ -39,10 +45,27 @@ def cli_main(main: Callable[..., int | None]) -> Callable[..., int]:
       code = main(*args, **kwargs)
     except InputError as e:
       print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      code = 2
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr)
-      sys.exit(130)
-    sys.exit(code or 0)
+      code = 130
+    except Exception:  # a bug: its traceback, as Python would print it
+      traceback.print_exc()
+      code = 1
+    _exit(code or 0)
 
   return wrapper
+
+
+def _exit(code: int) -> None:
+  """Exits with `code` once the failed run's objects are gone.
+
+  Outside the except clauses, the exception and the frames its traceback
+  holds are unreferenced; collecting them now destroys, among them, a
+  tf.data iterator while the interpreter is whole. Left to interpreter
+  shutdown, that iterator's threads (still running a Python generator)
+  could no longer take the GIL, and its destructor would wait for them
+  forever: `protjax-data` hung after printing its error.
+  """
+  gc.collect()
+  sys.exit(code)

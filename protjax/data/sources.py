@@ -169,7 +169,10 @@ def epochs(one_epoch: Callable[[tf.Tensor], tf.data.Dataset], first_epoch: int,
     last = np.iinfo(np.int64).max
   else:
     last = first_epoch + num_epochs
-  return tf.data.Dataset.range(first_epoch, last).flat_map(one_epoch)
+  # one_epoch builds datasets in plain Python (file lists, seeds): AutoGraph
+  # has nothing to convert there, and warned about os.path.isfile.
+  return tf.data.Dataset.range(first_epoch, last).flat_map(
+      tf.autograph.experimental.do_not_convert(one_epoch))
 
 
 def epoch_and_offset(one_epoch: Callable[[tf.Tensor], tf.data.Dataset],
@@ -192,13 +195,20 @@ def epoch_and_offset(one_epoch: Callable[[tf.Tensor], tf.data.Dataset],
 @contextlib.contextmanager
 def input_errors():
   """Reading a dataset: tf.data wraps an InputError raised in the record
-  generator in an opaque OpError; re-raise the original one-line error."""
+  generator in an opaque OpError; re-raise the original one-line error.
+
+  The error is taken out of `_PENDING_ERROR`, not left there: its traceback
+  holds the frames that hold the tf.data iterator, and a module global would
+  keep that iterator alive until interpreter shutdown, when its threads,
+  still in the Python generator, can no longer take the GIL and its
+  destructor waits for them forever (the hang after an error message).
+  """
   _PENDING_ERROR.clear()
   try:
     yield
   except tf.errors.OpError as e:
     if _PENDING_ERROR:
-      raise _PENDING_ERROR[0] from None
+      raise _PENDING_ERROR.pop() from None
     raise InputError(f"input pipeline failed: {e.message.splitlines()[0]}") from e
 
 
