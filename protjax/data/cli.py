@@ -14,7 +14,6 @@ converts FASTA once into a prepared corpus (`protjax.data.prepared`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
@@ -53,7 +52,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parser().parse_args(argv)
   if args.num < 1 or args.length < 3:
     raise InputError("--num must be >= 1 and --length >= 3")
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF start-up chatter hides the output
+  from protjax import tf_setup  # pylint: disable=import-outside-toplevel
+  tf_setup.import_tensorflow()  # TF start-up chatter hides the output
   from protjax.data import config, pipeline  # pylint: disable=import-outside-toplevel
   spec = pipeline.get_spec(args.task)
   vocab = spec.objective.vocabulary
