@@ -11,6 +11,9 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12",
     "seqio>=0.0.20",
     "tensorflow-datasets",
+    # Prepared corpora (protjax.data.prepared) are ArrayRecord files, read
+    # directly; tensorflow-datasets pulls it in too, but we import it ourselves.
+    "array-record>=0.8",
     "gin-config>=0.5",
     "ml-collections",
     "numpy",

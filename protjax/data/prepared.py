@@ -121,7 +121,8 @@ def _prepare_file(path: str, output: str, i: int, n: int, fraction: float,
   lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
 
   def flush(s):  # lengths go into the histogram in blocks (a list per file could be GBs)
-    np.add.at(hist[s], np.minimum(lengths[s], MAX_HISTOGRAM_LENGTH - 1), 1)
+    np.add.at(hist[s], np.minimum(np.asarray(lengths[s], np.int64),
+                                  MAX_HISTOGRAM_LENGTH - 1), 1)
     lengths[s].clear()
 
   try:
