@@ -65,6 +65,10 @@ _BERT_REPLICATED: Rules = ((axes.ABSPOS, None), (axes.TOKEN_TYPES, None),
 # dimension, so it is split over `data` by rows instead.
 _BERT_FSDP: Rules = ((axes.ABSPOS, DATA), (axes.TOKEN_TYPES, None),
                      (axes.TOKEN_EMBED, None))
+# Tensor parallelism: the position table is looked up like the vocabulary, so
+# its rows split over `model` as the vocabulary's do.
+_BERT_TP: Rules = ((axes.ABSPOS, MODEL), (axes.TOKEN_TYPES, None),
+                   (axes.TOKEN_EMBED, None))
 
 _PARAMS_REPLICATED: Rules = (
     (axes.VOCAB, None), (axes.EMBED, None), (axes.MLP, None),
@@ -72,7 +76,7 @@ _PARAMS_REPLICATED: Rules = (
 # t5x standard_logical_axis_rules (parameter_partitioning_dims=1).
 _PARAMS_TP: Rules = (
     (axes.VOCAB, MODEL), (axes.EMBED, None), (axes.MLP, MODEL),
-    (axes.HEADS, MODEL), (axes.KV, None), (axes.RELPOS_BUCKETS, None)) + _BERT_REPLICATED
+    (axes.HEADS, MODEL), (axes.KV, None), (axes.RELPOS_BUCKETS, None)) + _BERT_TP
 # FSDP: every weight has an `embed` dimension except the tiny relative
 # position tables; sharding it over `data` splits ~all parameter and optimiser
 # memory over the data-parallel replicas (t5x parameter_partitioning_dims=2).
@@ -81,7 +85,7 @@ _PARAMS_FSDP: Rules = (
     (axes.HEADS, None), (axes.KV, None), (axes.RELPOS_BUCKETS, None)) + _BERT_FSDP
 _PARAMS_FSDP_TP: Rules = (
     (axes.VOCAB, MODEL), (axes.EMBED, DATA), (axes.MLP, MODEL),
-    (axes.HEADS, MODEL), (axes.KV, None), (axes.RELPOS_BUCKETS, None)) + _BERT_FSDP
+    (axes.HEADS, MODEL), (axes.KV, None), (axes.RELPOS_BUCKETS, None)) + _BERT_TP
 
 RULE_SETS: Mapping[str, Rules] = {
     "dp": _PARAMS_REPLICATED + _ACT_REPLICATED,

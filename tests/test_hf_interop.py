@@ -311,8 +311,8 @@ def test_exported_encoder_matches_hf_t5_encoder_model(tmp_path, tiny_full_params
   params, config = tiny_full_params
   out = export.export_hf(params, config, tmp_path / "hf")
   assert sorted(os.listdir(out)) == ["config.json", "model.safetensors",
-                                     "special_tokens_map.json", "tokenizer.json",
-                                     "tokenizer_config.json"]
+                                     "special_tokens_map.json", "spiece.model",
+                                     "tokenizer.json", "tokenizer_config.json"]
   tokens = tokenize(SEQUENCES)
 
   # --- Hugging Face reference (kept as is) ---

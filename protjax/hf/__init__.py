@@ -51,15 +51,27 @@ def read_json(path: str) -> dict:
   return obj
 
 
+def model_type(hf: dict) -> Optional[str]:
+  """config.json's `model_type`; configs older than that key (the released
+  ProtBert's) name it by their architecture, e.g. `BertForMaskedLM` -> "bert"."""
+  if hf.get("model_type"):
+    return hf["model_type"]
+  for architecture in hf.get("architectures") or ():
+    for prefix in ("albert", "bert", "t5"):
+      if str(architecture).lower().startswith(prefix):
+        return prefix
+  return None
+
+
 def mapping_for(hf: dict, *, path: Optional[str] = None):
-  """The family mapping module that reads this config.json (by `model_type`)."""
-  model_type = hf.get("model_type")
+  """The family mapping module that reads this config.json (by its model type)."""
+  model_type_ = model_type(hf)
   for name in MAPPING_MODULES:
     module = importlib.import_module(name)
-    if model_type in module.MODEL_TYPES:
+    if model_type_ in module.MODEL_TYPES:
       return module
   known = sorted(t for name in MAPPING_MODULES for t in importlib.import_module(name).MODEL_TYPES)
-  raise InputError(f"config key 'model_type' is {model_type!r}; protjax reads {known}",
+  raise InputError(f"config key 'model_type' is {model_type_!r}; protjax reads {known}",
                    path=path)
 
 

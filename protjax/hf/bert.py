@@ -41,6 +41,7 @@ beyond the MLM model: the pooler, the next-sentence / sentence-order head
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
@@ -493,3 +494,58 @@ def kind_of(hf: Mapping[str, Any], state_keys, *, path: Optional[str] = None) ->
   # No architectures recorded: tell by the tensors.
   head = _HEAD[family]
   return MASKED_LM if any(k.startswith(head) for k in state_keys) else ENCODER
+
+
+# --- tokenizer ---------------------------------------------------------------
+def _tokenizer_json(vocabulary) -> str:
+  """tokenizer.json giving exactly `vocabulary`'s ids for space-separated residues.
+
+  A WordLevel model over the token list behind a whitespace split (each
+  residue of "M K T" is one token), the framing tokens added by the template
+  post-processor (`[CLS] $A [SEP]`), as the released ProtBert tokenizer does.
+  Like it, it expects upper-case residues with U Z O B mapped to X first.
+  """
+  from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
+  tokens = vocabulary.tokens()
+  names = vocabulary.to_dict()
+  tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)},
+                                         unk_token=names["unk_token"]))
+  tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  specials = [t for t in tokens if not (len(t) == 1 and "A" <= t <= "Z")]
+  tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in specials])
+  framed = lambda seq: " ".join(names["prefix"] + [seq] + names["suffix"])
+  tokenizer.post_processor = processors.TemplateProcessing(
+      single=framed("$A"), pair=framed("$A") + " " + " ".join(["$B:1"] + [
+          f"{t}:1" for t in names["suffix"]]),
+      special_tokens=[(t, vocabulary.token_id(t))
+                      for t in dict.fromkeys(names["prefix"] + names["suffix"])])
+  return tokenizer.to_str(pretty=True)
+
+
+def write_tokenizer(directory: str, vocabulary) -> None:
+  """vocab.txt (BERT's WordPiece vocabulary, one token a line), tokenizer.json,
+  tokenizer_config.json and special_tokens_map.json, giving exactly
+  `vocabulary`'s ids with `BertTokenizer`, `AutoTokenizer` and
+  `PreTrainedTokenizerFast` (ALBERT exports too: the token list is not a
+  SentencePiece model)."""
+  import json  # pylint: disable=import-outside-toplevel
+  names = vocabulary.to_dict()
+  with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
+    f.write("".join(t + "\n" for t in vocabulary.tokens()))
+  with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
+    f.write(_tokenizer_json(vocabulary))
+  specials = {"unk_token": names["unk_token"], "pad_token": names["pad_token"]}
+  if names["prefix"]:
+    specials["cls_token"] = names["prefix"][0]
+  if names["suffix"]:
+    specials["sep_token"] = names["suffix"][0]
+  if "[MASK]" in vocabulary.tokens():
+    specials["mask_token"] = "[MASK]"
+  config = dict(specials, tokenizer_class="BertTokenizer", do_lower_case=False,
+                tokenize_chinese_chars=False, strip_accents=None,
+                model_max_length=1_000_000_000, clean_up_tokenization_spaces=False)
+  for name, obj in (("tokenizer_config.json", config), ("special_tokens_map.json", specials)):
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+      f.write("\n")
