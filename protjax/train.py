@@ -9,17 +9,28 @@ Gin file paths and their `include`s resolve against the current directory
 and the protjax checkout / install (so `gin_configs/...` works anywhere).
 Multi-host: `--coordinator_address/--num_processes/--process_id` (GPU
 clusters), or nothing on TPU VM pods / SLURM (jax detects them).
+
+Exit status: 0 when the run reached `train.train_steps`; 75
+(`EXIT_STOPPED_EARLY`) when SIGTERM or `train.max_minutes` stopped it
+earlier, after saving a checkpoint (rerun the same command to resume), so
+`protjax-train ... && protjax-export ...` never exports a half-trained
+model; 2 for bad input (one `error:` line; a bad gin value is caught before
+anything is written).
 """
 from __future__ import annotations
 
 import argparse
 import pathlib
 import sys
+import tokenize
 from typing import Optional, Sequence
 
 from protjax.errors import InputError, cli_main
 
 GIN_PREFIX = "--gin."
+# A run stopped before train_steps with a checkpoint saved: resumable.
+# EX_TEMPFAIL of sysexits.h ("temporary failure: try again").
+EXIT_STOPPED_EARLY = 75
 
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
@@ -67,25 +78,47 @@ def _search_paths(extra: Sequence[str]) -> list[str]:
   return [str(pathlib.Path.cwd()), *extra, str(pathlib.Path(__file__).resolve().parents[1])]
 
 
-@cli_main
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = parse_flags(sys.argv[1:] if argv is None else argv)
-  # Import after flag parsing: `--help` and flag errors stay fast.
+def _parse_config(args: argparse.Namespace) -> None:
+  """Parses the gin files and bindings; InputError naming the binding or
+  file for anything gin cannot parse or whose type is wrong."""
   import gin  # pylint: disable=import-outside-toplevel
 
-  from protjax import gin_setup, trainer  # pylint: disable=import-outside-toplevel
+  from protjax import gin_setup  # pylint: disable=import-outside-toplevel
 
-  trainer.initialize_distributed(args.coordinator_address, args.num_processes,
-                                 args.process_id)
   for path in _search_paths(args.gin_search_path):
     gin.add_config_file_search_path(path)
   try:
     gin_setup.parse_gin(args.gin_file, args.gin_bindings)
-  except (IOError, ValueError) as e:
+  except (IOError, ValueError, SyntaxError, tokenize.TokenError) as e:
     where = "; ".join(l.strip() for l in str(e).splitlines() if l.strip())
-    raise InputError(f"gin configuration: {where}") from e
-  result = gin.get_configurable(trainer.train)(config_str=gin.config_str())
-  return 0 if result.stopped in (None, "preempted") else 1
+    if isinstance(e, SyntaxError) and e.filename:
+      where = f"{e.filename}, line {e.lineno}: {where}"
+    raise InputError(f"gin configuration: {where}") from None
+  gin_setup.check_types()
+
+
+@cli_main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_flags(sys.argv[1:] if argv is None else argv)
+  # Import after flag parsing: `--help` and flag errors stay fast.
+  from protjax import gin_setup, tf_setup  # pylint: disable=import-outside-toplevel
+  for binding in args.gin_bindings:
+    gin_setup.check_binding(binding)
+  tf_setup.import_tensorflow()  # before anything imports it (the data pipeline)
+  import gin  # pylint: disable=import-outside-toplevel
+
+  from protjax import trainer  # pylint: disable=import-outside-toplevel
+
+  trainer.initialize_distributed(args.coordinator_address, args.num_processes,
+                                 args.process_id)
+  _parse_config(args)
+  try:
+    result = gin.get_configurable(trainer.train)(config_str=gin.config_str())
+  except InputError as e:
+    # Gin appends "In call to configurable 'train' (...)" on a second line.
+    raise InputError(e.problem, path=e.path, record=e.record,
+                     position=e.position) from None
+  return 0 if result.stopped is None else EXIT_STOPPED_EARLY
 
 
 if __name__ == "__main__":
