@@ -1,13 +1,14 @@
-"""Embedding throughput: protjax vs Hugging Face transformers' PyTorch T5EncoderModel.
+"""Embedding throughput: protjax vs Hugging Face transformers' PyTorch encoder.
 
-Both run the same encoder weights (random, exported from protjax with
+For any family (`--family`: ProtT5 against `T5EncoderModel`, ProtBert against
+`BertModel`, ProtAlbert against `AlbertModel`), both run the same encoder weights (random, exported from protjax with
 `protjax.export.export_hf`), on the same padded token batches (the embedder's
 length-sorted, token-budget batches on its fixed ladder of shapes), in the same
 precision, on the same host threads, interleaved repeat by repeat so a change in
 machine load hits both. Each timed pass covers every batch, including the copy
 of the last hidden state `[b, l, d]` back to host memory as numpy (what an
 embedder must do before writing). Figures are residues/s over real residues
-(padding and `</s>` excluded), medians over the repeats.
+(padding and special tokens excluded), medians over the repeats.
 
 Also reported: the full protjax `Embedder.embed` pipeline (tokenise, batch,
 forward, strip padding, mean-pool), model FLOPs utilisation when a peak is
@@ -15,6 +16,7 @@ known (`--peak_tflops`, or a table for common GPUs), and the projected time for
 the human proteome (11.3M residues).
 
 CPU (this machine): python bench/embed_throughput.py --sample 240
+                    python bench/embed_throughput.py --family protbert --config small --sample 240
 GPU later:          python bench/embed_throughput.py --config xl --dtype bf16 \
                       --sample 2000 --token_budget 65536 [--no_torch]
 """
@@ -50,7 +52,9 @@ def parse_args(argv=None):
   p.add_argument("--sample", type=int, default=240,
                  help="random proteins drawn from the FASTA (0: all)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--config", default="small", help="model size (random weights)")
+  p.add_argument("--family", default="prott5", help="model family (protjax.models.registry)")
+  p.add_argument("--config", default="small",
+                 help="model size: gin_configs/models/<family>_<config>.gin (random weights)")
   p.add_argument("--dtype", default="fp32", choices=sorted(DTYPE_ALIASES))
   p.add_argument("--token_budget", type=int, default=4096)
   p.add_argument("--max_length", type=int, default=4000,
@@ -69,18 +73,6 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def encoder_flops(config, n_tokens: int) -> float:
-  """Forward FLOPs of the encoder for one sequence of `n_tokens` (matmuls only).
-
-  Per layer and token: 2 x (q, k, v, o and wi, wo weights); attention scores
-  and values: 2 x 2 x n_tokens x heads x d_kv per token.
-  """
-  c = config
-  hd = c.num_heads * c.d_kv
-  weights = 4 * c.d_model * hd + 2 * c.d_model * c.d_ff
-  return c.num_encoder_layers * n_tokens * (2 * weights + 4 * n_tokens * hd)
-
-
 def sample_records(path: str, n: int, seed: int, max_length: int):
   from protjax.data.readers import read_fasta
   records = [r for r in read_fasta(path) if len(r[1]) <= max_length]
@@ -90,13 +82,13 @@ def sample_records(path: str, n: int, seed: int, max_length: int):
 
 
 def make_batches(embedder, records):
-  """The embedder's own plan: list of (tokens [b, l] int32, real rows)."""
+  """The embedder's own plan: list of (batch arrays, real rows, long?)."""
   from protjax import embed
-  tokens = [embed.tokenize(s, embedder.vocab) for _, s in records]
+  tokens = [embedder.vocab.frame(s) for _, s in records]
   out = []
   for bucket, idx in embedder.batching.plan([len(t) for t in tokens]):
     batch = embed.pad_batch([tokens[i] for i in idx], bucket,
-                            embedder.batching.batch_size(bucket))
+                            embedder.batching.batch_size(bucket), embedder.vocab)
     out.append((batch, len(idx), embedder.batching.is_long(bucket)))
   return out
 
@@ -118,25 +110,28 @@ def main(argv=None) -> int:
   import jax
   import torch
   from protjax import embed, export
-  from protjax.models import t5
+  from protjax.models import registry
 
   devices = jax.local_devices()
   torch.set_num_threads(args.threads)
   records = sample_records(args.fasta, args.sample, args.seed, args.max_length)
   residues = sum(len(s) for _, s in records)
-  config = t5.get_config(args.config, dropout_rate=0.0)
-  params = t5.T5Encoder(dataclasses_replace(config, dtype="float32")).init(
+  family = registry.get_family(args.family)
+  config = family.get_config(args.config, dropout_rate=0.0)
+  params = family.encoder(dataclasses_replace(config, dtype="float32")).init(
       jax.random.PRNGKey(args.seed), np.ones((1, 8), np.int32))["params"]
   params = jax.tree.map(np.asarray, params)
-  emb = embed.Embedder(params, config, model_name=f"random-{args.config}", dtype=dtype,
-                       token_budget=args.token_budget, max_length=args.max_length,
-                       attention_impl=args.attention_impl)
+  emb = embed.Embedder(params, config, model_name=f"random-{args.family}-{args.config}",
+                       dtype=dtype, token_budget=args.token_budget,
+                       max_length=args.max_length, attention_impl=args.attention_impl)
   batches = make_batches(emb, records)
-  padded = sum(b.size for b, _, _ in batches)
-  useful_flops = sum(encoder_flops(config, len(s) + 1) for _, s in records)
-  print(f"{len(records)} proteins, {residues} residues, {len(batches)} batches, "
-        f"{len({b.shape for b, _, _ in batches})} shapes, padding "
-        f"{100 * (1 - (residues + len(records)) / padded):.1f}% of {padded} tokens; "
+  padded = sum(b["tokens"].size for b, _, _ in batches)
+  real = sum(int(b["segment_ids"][:n].sum()) for b, n, _ in batches)
+  useful_flops = sum(family.module().encoder_flops(config, len(emb.vocab.frame(s)))
+                     for _, s in records)
+  print(f"{args.family} {args.config}: {len(records)} proteins, {residues} residues, "
+        f"{len(batches)} batches, {len({b['tokens'].shape for b, _, _ in batches})} shapes, "
+        f"padding {100 * (1 - real / padded):.1f}% of {padded} tokens; "
         f"{devices[0].platform} x{len(devices)}, torch threads {torch.get_num_threads()}",
         flush=True)
 
@@ -162,21 +157,25 @@ def main(argv=None) -> int:
   # --- transformers: same weights, same batches -------------------------------------
   hf = None
   if not args.no_torch:
-    from transformers import T5EncoderModel
+    import transformers
     tdev = "cuda" if (devices[0].platform == "gpu" and torch.cuda.is_available()) else "cpu"
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
               "float16": torch.float16}[dtype]
     tmp = tempfile.mkdtemp(prefix="embed_bench_")
     hf_dir = export.export_hf(params, config, os.path.join(tmp, "hf"), tokenizer=False)
-    hf = T5EncoderModel.from_pretrained(hf_dir, dtype=tdtype,
-                                        attn_implementation=args.hf_attention).to(tdev).eval()
-    torch_batches = [(torch.from_numpy(b.astype(np.int64)).to(tdev), n) for b, n, _ in batches]
+    with open(os.path.join(hf_dir, "config.json")) as f:
+      architecture = json.load(f)["architectures"][0]   # T5EncoderModel, BertModel, ...
+    hf = getattr(transformers, architecture).from_pretrained(
+        hf_dir, dtype=tdtype, attn_implementation=args.hf_attention).to(tdev).eval()
+    torch_batches = [(torch.from_numpy(b["tokens"].astype(np.int64)).to(tdev),
+                      torch.from_numpy(b["segment_ids"] > 0).to(tdev), n)
+                     for b, n, _ in batches]
 
     def torch_pass():
       outs = []
       with torch.inference_mode():
-        for ids, n in torch_batches:
-          h = hf(input_ids=ids, attention_mask=(ids != 0)).last_hidden_state
+        for ids, mask, n in torch_batches:
+          h = hf(input_ids=ids, attention_mask=mask).last_hidden_state
           outs.append(h[:n].float().cpu().numpy())
       return outs
 
@@ -185,7 +184,7 @@ def main(argv=None) -> int:
     diff = 0.0
     scale = 0.0
     for (batch, n, _), a, b in zip(batches, jax_out, torch_out):
-      mask = batch[:n] > 0
+      mask = batch["segment_ids"][:n] > 0
       diff = max(diff, float(np.abs(a.astype(np.float32)[mask] - b[mask]).max()))
       scale = max(scale, float(np.abs(b[mask]).max()))
     print(f"max |protjax - transformers| over real positions: {diff:.2e} "
@@ -241,11 +240,11 @@ def main(argv=None) -> int:
   load = os.getloadavg() if hasattr(os, "getloadavg") else None
   result = {
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "config": args.config, "dtype": dtype, "attention_impl": args.attention_impl,
+      "family": args.family, "config": args.config, "dtype": dtype, "attention_impl": args.attention_impl,
       "hf_attention": args.hf_attention, "token_budget": args.token_budget,
       "fasta": os.path.abspath(args.fasta), "sample": len(records), "seed": args.seed,
       "residues": residues, "batches": len(batches),
-      "shapes": sorted({b.shape for b, _, _ in batches}),
+      "shapes": sorted({b["tokens"].shape for b, _, _ in batches}),
       "padded_tokens": padded, "useful_flops": useful_flops,
       "compile_and_first_pass_s": compile_s,
       "device": f"{devices[0].platform} {getattr(devices[0], 'device_kind', '')} "
@@ -257,7 +256,8 @@ def main(argv=None) -> int:
       "results": rows, "protjax_over_transformers": ratio,
   }
   os.makedirs(args.out_dir, exist_ok=True)
-  name = f"embed_throughput_{args.config}_{dtype}_{devices[0].platform}.json"
+  prefix = "" if args.family == "prott5" else f"{args.family}_"
+  name = f"embed_throughput_{prefix}{args.config}_{dtype}_{devices[0].platform}.json"
   with open(os.path.join(args.out_dir, name), "w") as f:
     json.dump(result, f, indent=2, default=str)
   print(f"wrote {os.path.join(args.out_dir, name)}")

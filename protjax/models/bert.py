@@ -385,23 +385,30 @@ def param_count(config: BertConfig) -> tuple[int, int]:
   return size(params), size(encoder_params(params))
 
 
-def flops_per_token(config: BertConfig, length: int) -> float:
-  """Training FLOPs per input position (forward + backward = 3x forward).
+def encoder_flops(config: BertConfig, length: int) -> float:
+  """Forward FLOPs of the encoder (no MLM head) for one sequence of `length` tokens.
 
-  Counts matmuls only, as `t5.flops_per_token`: 2 FLOPs per multiply-add for
-  every weight a token goes through ("6N"), with ALBERT's shared layer
-  counted once per application (sharing saves parameters, not compute), the
-  ALBERT projection, the MLM head on every position (dense and tied decoder),
-  and the attention score and value products (`4 * length * hidden` per
-  layer). Embedding gathers, biases and norms are not counted.
+  Matmuls only: 2 FLOPs per multiply-add for every weight a token goes
+  through, ALBERT's shared layer once per application (sharing saves
+  parameters, not compute) and its projection, plus the attention score and
+  value products (`4 * length * hidden` per token and layer). Embedding
+  gathers, biases and norms are not counted.
   """
   c = config
-  e = c.embedding_width
   per_layer = 2 * (4 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.intermediate_size)
   per_layer += 4 * length * c.hidden_size
-  projection = 0 if c.embedding_size is None else 2 * e * c.hidden_size
-  head = 2 * c.hidden_size * e + 2 * e * c.vocab_size
-  return 3.0 * (c.num_layers * per_layer + projection + head)
+  projection = 0 if c.embedding_size is None else 2 * c.embedding_width * c.hidden_size
+  return float(length * (c.num_layers * per_layer + projection))
+
+
+def flops_per_token(config: BertConfig, length: int) -> float:
+  """Training FLOPs per input position (forward + backward = 3x forward): the
+  encoder's (`encoder_flops`) and the MLM head's on every position (dense and
+  tied decoder), as `t5.flops_per_token` counts them.
+  """
+  c = config
+  head = 2 * c.hidden_size * c.embedding_width + 2 * c.embedding_width * c.vocab_size
+  return 3.0 * (encoder_flops(c, length) / length + head)
 
 
 # ----------------------------------------------------------------------------- Model wrapper

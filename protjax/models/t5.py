@@ -437,6 +437,16 @@ def param_count(config: T5Config) -> tuple[int, int]:
   return size(params), size(encoder_params(params))
 
 
+def encoder_flops(config: T5Config, length: int) -> float:
+  """Forward FLOPs of the encoder for one sequence of `length` tokens: 2 per
+  multiply-add of every weight a token goes through (q, k, v, o, wi, wo), and
+  the attention score and value products (full `q x k`)."""
+  c = config
+  weights = 4 * c.d_model * c.num_heads * c.d_kv + 2 * c.d_model * c.d_ff
+  return float(c.num_encoder_layers * (2 * weights * length
+                                       + 4 * length * length * c.num_heads * c.d_kv))
+
+
 def flops_per_token(config: T5Config, input_length: int, target_length: int) -> float:
   """Training FLOPs per decoder target position (forward + backward = 3x forward).
 
@@ -451,8 +461,7 @@ def flops_per_token(config: T5Config, input_length: int, target_length: int) -> 
   attn_w = 4 * c.d_model * c.num_heads * c.d_kv
   mlp_w = 2 * c.d_model * c.d_ff
   hd = c.num_heads * c.d_kv
-  enc = c.num_encoder_layers * (
-      2 * (attn_w + mlp_w) * input_length + 4 * input_length * input_length * hd)
+  enc = encoder_flops(c, input_length)
   dec = c.num_decoder_layers * (
       2 * (2 * attn_w + mlp_w) * target_length
       + 4 * target_length * target_length * hd + 4 * target_length * input_length * hd)
