@@ -86,10 +86,11 @@ def make_batches(embedder, records):
   from protjax import embed
   tokens = [embedder.vocab.frame(s) for _, s in records]
   out = []
-  for bucket, idx in embedder.batching.plan([len(t) for t in tokens]):
-    batch = embed.pad_batch([tokens[i] for i in idx], bucket,
-                            embedder.batching.batch_size(bucket), embedder.vocab)
-    out.append((batch, len(idx), embedder.batching.is_long(bucket)))
+  for planned in embedder.batching.plan([len(t) for t in tokens]):
+    batch = embed.pad_batch([[tokens[i] for i in row] for row in planned.rows],
+                            planned.length, embedder.batching.batch_size(planned.length),
+                            embedder.vocab)
+    out.append((batch, len(planned.rows), embedder.batching.is_long(planned.length)))
   return out
 
 

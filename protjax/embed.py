@@ -52,28 +52,45 @@ STORAGE_DTYPES = ("float32", "float16")
 # Batching: pure functions of the lengths, no JAX.
 # --------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
+class PlannedBatch:
+  """One padded batch of the plan: `rows[r]` are the proteins (indices) packed,
+  in order, into row r, every row `length` tokens long."""
+  length: int
+  rows: list[list[int]]
+
+  @property
+  def indices(self) -> list[int]:
+    return [i for row in self.rows for i in row]
+
+
+@dataclasses.dataclass(frozen=True)
 class Batching:
-  """How proteins are grouped into fixed padded shapes.
+  """How proteins are packed into rows and rows into fixed padded shapes.
 
   Attributes:
     token_budget: padded tokens per batch, over all devices together.
     ladder: increasing bucket lengths (tokens, special tokens included).
     long_threshold: buckets longer than this are "long": blockwise attention,
-      one protein per device.
+      one protein per row and per device.
     long_step: above the ladder, lengths round up to a multiple of this.
     num_shards: every batch size is a multiple of this (the device count).
+    pack: put several proteins in one row (segment ids keep them apart), so
+      a row's padding is filled with shorter proteins instead of zeros.
+    max_per_row: at most this many proteins in one row.
   """
   token_budget: int = DEFAULT_TOKEN_BUDGET
   ladder: tuple[int, ...] = DEFAULT_LADDER
   long_threshold: int = DEFAULT_LONG_THRESHOLD
   long_step: int = DEFAULT_LONG_STEP
   num_shards: int = 1
+  pack: bool = True
+  max_per_row: int = 16
 
   def __post_init__(self):
     if list(self.ladder) != sorted(set(self.ladder)) or not self.ladder:
       raise ValueError(f"ladder must be strictly increasing, got {self.ladder}")
-    if min(self.token_budget, self.long_step, self.num_shards) < 1:
-      raise ValueError("token_budget, long_step and num_shards must be positive")
+    if min(self.token_budget, self.long_step, self.num_shards, self.max_per_row) < 1:
+      raise ValueError("token_budget, long_step, num_shards and max_per_row must be positive")
 
   def bucket(self, num_tokens: int) -> int:
     """Padded length for a protein of `num_tokens` tokens (special tokens included)."""
@@ -93,60 +110,100 @@ class Batching:
     rows = self.token_budget // bucket_len
     return max(self.num_shards, rows // self.num_shards * self.num_shards)
 
-  def plan(self, num_tokens: Sequence[int]) -> list[tuple[int, list[int]]]:
-    """Groups proteins (by index) into batches, longest first.
+  def pack_rows(self, num_tokens: Sequence[int]) -> list[tuple[int, list[int]]]:
+    """Rows `[(length, indices)]`, best-fit decreasing on the ladder.
 
-    A batch holds proteins of one bucket only, and every batch of a bucket has
-    the same shape (`pad_batch` fills a bucket's last batch with dummy rows).
-    So a protein's numbers depend on its own sequence only, never on which
-    other proteins are being embedded: a resumed run writes bit-identical
-    arrays. The price is at most one part-empty batch per bucket used.
+    Proteins are taken longest first; each goes into the open row whose free
+    space fits it most tightly (at most `max_per_row` per row), else opens a
+    row of its own bucket's length. Long proteins get a row each. Ties go
+    by input order and row creation, so the rows are a pure function of the
+    lengths.
+    """
+    import bisect  # pylint: disable=import-outside-toplevel
+    order = sorted(range(len(num_tokens)), key=lambda i: (-num_tokens[i], i))
+    rows: list[tuple[int, list[int]]] = []
+    free: list[tuple[int, int]] = []   # (free tokens, row number), sorted
+    for i in order:
+      n = num_tokens[i]
+      length = self.bucket(n)
+      k = bisect.bisect_left(free, (n, -1)) if self.pack and not self.is_long(length) else None
+      if k is not None and k < len(free):
+        space, r = free.pop(k)
+        rows[r][1].append(i)
+        if space - n > 0 and len(rows[r][1]) < self.max_per_row:
+          bisect.insort(free, (space - n, r))
+        continue
+      rows.append((length, [i]))
+      if self.pack and not self.is_long(length) and length > n and self.max_per_row > 1:
+        bisect.insort(free, (length - n, len(rows) - 1))
+    return rows
+
+  def plan(self, num_tokens: Sequence[int]) -> list[PlannedBatch]:
+    """Packs proteins (by index) into rows, and rows into batches, longest first.
+
+    Every batch of a length has the same shape (`pad_batch` fills a length's
+    last batch with dummy rows), so a handful of programs are compiled. The
+    plan depends on the lengths alone: a resumed run plans every protein
+    again and recomputes the batches that hold one still to write, so it
+    writes bit-identical arrays.
 
     Args:
       num_tokens: tokens per protein (residues + special tokens).
 
     Returns:
-      `[(bucket_len, indices)]`, each with `len(indices) <= batch_size(bucket_len)`;
-      every index appears exactly once. Ties keep input order (deterministic).
+      Batches whose rows hold every index exactly once.
     """
-    order = sorted(range(len(num_tokens)), key=lambda i: (-num_tokens[i], i))
-    batches: list[tuple[int, list[int]]] = []
-    for i in order:
-      b = self.bucket(num_tokens[i])
-      if batches and batches[-1][0] == b and len(batches[-1][1]) < self.batch_size(b):
-        batches[-1][1].append(i)
-      else:
-        batches.append((b, [i]))
+    rows = self.pack_rows(num_tokens)
+    by_length: dict[int, list[list[int]]] = {}
+    for length, indices in rows:
+      by_length.setdefault(length, []).append(indices)
+    batches = []
+    for length in sorted(by_length, reverse=True):
+      size = self.batch_size(length)
+      group = by_length[length]
+      batches += [PlannedBatch(length, group[k:k + size]) for k in range(0, len(group), size)]
     return batches
 
 
-def pad_batch(token_rows: Sequence[np.ndarray], bucket_len: int, batch_size: int,
+def pad_batch(rows: Sequence[Sequence[np.ndarray]], length: int, batch_size: int,
               vocab: TokenListVocabulary) -> dict[str, np.ndarray]:
-  """Stacks framed token rows into one padded batch, all `[batch_size, bucket_len]`.
+  """Stacks rows of framed proteins into one padded batch, all `[batch_size, length]`.
+
+  Args:
+    rows: per row, the framed token arrays of the proteins packed into it.
 
   Returns:
-    tokens (int32, `vocab.pad_id` after each row), segment_ids (int32: 1 on
-    a row's tokens, 0 on padding; the models take padding from these, not
-    from the pad id, which an imported vocabulary may put anywhere) and
-    residue_mask (bool: the residues, without the framing tokens). Dummy
-    rows (beyond `len(token_rows)`) hold the frame of an empty protein, so no
-    row is fully masked (a fully masked softmax row could give NaN, harmless
-    but noisy).
+    tokens (int32, `vocab.pad_id` after the last protein), segment_ids
+    (int32: 1, 2, ... for the proteins of a row, 0 on padding; the models
+    take padding and packing from these, not from the pad id, which an
+    imported vocabulary may put anywhere), positions (int32, from 0 in every
+    protein, so a packed protein sees exactly the positions it would alone)
+    and residue_mask (bool: the residues, without the framing tokens). Dummy
+    rows (beyond `len(rows)`) hold the frame of an empty protein, so no row
+    is fully masked (a fully masked softmax row could give NaN, harmless but
+    noisy).
   """
-  if len(token_rows) > batch_size:
-    raise ValueError(f"{len(token_rows)} rows do not fit a batch of {batch_size}")
-  rows = list(token_rows) + [vocab.frame("")] * (batch_size - len(token_rows))
-  tokens = np.full((batch_size, bucket_len), vocab.pad_id, np.int32)
-  segment_ids = np.zeros((batch_size, bucket_len), np.int32)
-  residue_mask = np.zeros((batch_size, bucket_len), bool)
+  if len(rows) > batch_size:
+    raise ValueError(f"{len(rows)} rows do not fit a batch of {batch_size}")
+  rows = list(rows) + [[vocab.frame("")]] * (batch_size - len(rows))
+  out = {"tokens": np.full((batch_size, length), vocab.pad_id, np.int32),
+         "segment_ids": np.zeros((batch_size, length), np.int32),
+         "positions": np.zeros((batch_size, length), np.int32),
+         "residue_mask": np.zeros((batch_size, length), bool)}
   first, last = len(vocab.prefix_ids), len(vocab.suffix_ids)
-  for r, row in enumerate(rows):
-    if len(row) > bucket_len:
-      raise ValueError(f"row of {len(row)} tokens does not fit length {bucket_len}")
-    tokens[r, :len(row)] = row
-    segment_ids[r, :len(row)] = 1
-    residue_mask[r, first:len(row) - last] = True
-  return {"tokens": tokens, "segment_ids": segment_ids, "residue_mask": residue_mask}
+  for r, proteins in enumerate(rows):
+    if sum(len(t) for t in proteins) > length:
+      raise ValueError(f"row of {sum(len(t) for t in proteins)} tokens does not fit "
+                       f"length {length}")
+    start = 0
+    for segment, t in enumerate(proteins, start=1):
+      end = start + len(t)
+      out["tokens"][r, start:end] = t
+      out["segment_ids"][r, start:end] = segment
+      out["positions"][r, start:end] = np.arange(len(t))
+      out["residue_mask"][r, start + first:end - last] = True
+      start = end
+  return out
 
 
 # --------------------------------------------------------------------------
@@ -183,73 +240,91 @@ def validate_records(records: Iterable[tuple[str, str]], *, max_length: int,
 # --------------------------------------------------------------------------
 # The embed loop, written against a batch function (testable without a model).
 # --------------------------------------------------------------------------
-Batch = dict  # pad_batch's arrays: tokens, segment_ids, residue_mask
+Batch = dict  # pad_batch's arrays: tokens, segment_ids, positions, residue_mask
 RunBatch = Callable[[Batch], tuple[Optional[np.ndarray], Optional[np.ndarray]]]
 
 
-def pooled_run_batch(encode_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
-                     per_residue: bool = True, per_protein: bool = True) -> RunBatch:
-  """Wraps `encode_fn(tokens [b, l], segment_ids [b, l]) -> [b, l, d]` into a `RunBatch`.
+def pooled_run_batch(encode_fn: Callable[..., np.ndarray], *, per_residue: bool = True,
+                     per_protein: bool = True, max_per_row: int = 16) -> RunBatch:
+  """Wraps `encode_fn(tokens, segment_ids, positions) -> [b, l, d]` into a `RunBatch`.
 
-  The wrapper returns `(hidden [b, l, d] | None, mean [b, d] | None)`, the
-  mean over the residue positions.
+  The wrapper returns `(hidden [b, l, d] | None, means [b, max_per_row, d] | None)`,
+  the mean over each packed protein's residues.
   """
   def run(batch):
-    hidden = np.asarray(encode_fn(batch["tokens"], batch["segment_ids"]))
-    mean = masked_mean(hidden, batch["residue_mask"], np) if per_protein else None
-    return (hidden if per_residue else None), mean
+    hidden = np.asarray(encode_fn(batch["tokens"], batch["segment_ids"], batch["positions"]))
+    means = (segment_means(hidden, batch["segment_ids"], batch["residue_mask"], max_per_row,
+                           np) if per_protein else None)
+    return (hidden if per_residue else None), means
   return run
 
 
-def masked_mean(hidden, residue_mask, xnp):
-  """Mean over the residues in float32: `[b, l, d], [b, l] bool -> [b, d]`."""
-  mask = residue_mask.astype(xnp.float32)[..., None]        # [b, l, 1]
-  total = (hidden.astype(xnp.float32) * mask).sum(axis=1)   # [b, d]
-  count = xnp.maximum(mask.sum(axis=1), 1.0)                # [b, 1]
+def segment_means(hidden, segment_ids, residue_mask, max_per_row: int, xnp):
+  """Each packed protein's mean over its residues, in float32:
+  `[b, l, d], [b, l], [b, l] -> [b, max_per_row, d]` (row k: segment k + 1)."""
+  segments = xnp.arange(1, max_per_row + 1, dtype=segment_ids.dtype)
+  member = ((segment_ids[..., None] == segments) & residue_mask[..., None])  # [b, l, k]
+  member = member.astype(xnp.float32)
+  total = xnp.einsum("bld,blk->bkd", hidden.astype(xnp.float32), member)
+  count = xnp.maximum(member.sum(axis=1), 1.0)[..., None]                    # [b, k, 1]
   return total / count
 
 
 def embed_loop(records: Sequence[tuple[str, str]], run_batch: RunBatch,
                batching: Batching, vocab: TokenListVocabulary, *,
-               run_long: Optional[RunBatch] = None,
+               run_long: Optional[RunBatch] = None, skip: Iterable[str] = (),
                progress: Optional[Callable[[int], None]] = None,
                ) -> Iterator[tuple[str, Optional[np.ndarray], Optional[np.ndarray]]]:
   """Embeds validated records; yields `(id, per_residue [n, d], per_protein [d])`.
 
   Proteins are framed by `vocab` (its prefix and suffix tokens), whose rows
-  are dropped again from the per-residue output. Output order is the batch
-  plan's (longest first), not the input order. `run_long` (default
-  `run_batch`) handles buckets above the long threshold. One batch is kept in
-  flight: the next is dispatched before the previous result is read back, so
-  host work overlaps device work under async dispatch. `progress(n_residues)`
-  is called after each batch.
+  are dropped again from the per-residue output, and packed several to a row
+  by `batching`. Ids in `skip` (already written) are planned like the rest,
+  so every batch is the one an uninterrupted run computes, but batches that
+  hold only skipped proteins are not run and skipped ids are not yielded.
+  Output order is the plan's (longest first), not the input order. `run_long`
+  (default `run_batch`) handles buckets above the long threshold. One batch is
+  kept in flight: the next is dispatched before the previous result is read
+  back, so host work overlaps device work under async dispatch.
+  `progress(n_residues)` is called after each batch with its new residues.
   """
   tokens = [vocab.frame(seq) for _, seq in records]
+  skip = set(skip)
   first = len(vocab.prefix_ids)
   plan = batching.plan([len(t) for t in tokens])
 
   def finish(pending):
-    indices, result = pending
-    hidden, mean = result
+    planned, result = pending
+    hidden, means = result
     # Device -> host copies happen here (np.asarray on a jax.Array).
     hidden = None if hidden is None else np.asarray(hidden)
-    mean = None if mean is None else np.asarray(mean)
-    for r, i in enumerate(indices):
-      n = len(records[i][1])
-      yield (records[i][0], None if hidden is None else hidden[r, first:first + n],
-             None if mean is None else mean[r])
+    means = None if means is None else np.asarray(means)
+    written = 0
+    for r, row in enumerate(planned.rows):
+      start = 0
+      for segment, i in enumerate(row):
+        rid, seq = records[i]
+        if rid not in skip:
+          lo = start + first
+          yield (rid, None if hidden is None else hidden[r, lo:lo + len(seq)],
+                 None if means is None else means[r, segment])
+          written += len(seq)
+        start += len(tokens[i])
     if progress is not None:
-      progress(sum(len(records[i][1]) for i in indices))
+      progress(written)
 
   pending = None
-  for bucket_len, indices in plan:
-    batch = pad_batch([tokens[i] for i in indices], bucket_len,
-                      batching.batch_size(bucket_len), vocab)
-    fn = run_long if (run_long is not None and batching.is_long(bucket_len)) else run_batch
+  for planned in plan:
+    if all(records[i][0] in skip for i in planned.indices):
+      continue
+    batch = pad_batch([[tokens[i] for i in row] for row in planned.rows], planned.length,
+                      batching.batch_size(planned.length), vocab)
+    fn = (run_long if (run_long is not None and batching.is_long(planned.length))
+          else run_batch)
     result = fn(batch)
     if pending is not None:
       yield from finish(pending)
-    pending = (indices, result)
+    pending = (planned, result)
   if pending is not None:
     yield from finish(pending)
 
@@ -342,7 +417,7 @@ class Embedder:
                ladder: Sequence[int] = DEFAULT_LADDER,
                long_threshold: int = DEFAULT_LONG_THRESHOLD,
                long_step: int = DEFAULT_LONG_STEP,
-               attention_impl: Optional[str] = "xla",
+               attention_impl: Optional[str] = "xla", pack: bool = True,
                model_parallel: int | str = "auto", devices=None):
     import jax
     from protjax import partitioning
@@ -377,7 +452,7 @@ class Embedder:
         devices=devices)
     self.batching = Batching(token_budget=token_budget, ladder=tuple(ladder),
                              long_threshold=long_threshold, long_step=long_step,
-                             num_shards=self.partitioner.data_size)
+                             num_shards=self.partitioner.data_size, pack=pack)
     self._param_shardings = self._shardings_for(params)
     self.dim = self._output_dim(params)
     self.params = jax.device_put(params, self._param_shardings)
@@ -425,13 +500,16 @@ class Embedder:
             "special_tokens_dropped": names["prefix"] + names["suffix"],
             "pooling": "mean over residues",
             "attention_impl": self.config.attention_impl,
-            "long_threshold": self.batching.long_threshold}
+            "long_threshold": self.batching.long_threshold,
+            "packed": self.batching.pack}
 
   def forward_fn(self, *, long: bool, per_residue: bool = True,
                  per_protein: bool = True):
-    """Jitted `(params, batch) -> (hidden [b, l, d] | None, mean [b, d] | None)`.
+    """Jitted `(params, batch) -> (hidden [b, l, d] | None, means [b, k, d] | None)`.
 
-    `batch`: `pad_batch`'s tokens, segment_ids and residue_mask, `[b, l]` each.
+    `batch`: `pad_batch`'s tokens, segment_ids, positions and residue_mask,
+    `[b, l]` each; `means[r, j]` is the mean of the j-th protein packed in row r
+    (`k = batching.max_per_row`).
     """
     key = (long, per_residue, per_protein)
     if key in self._fns:
@@ -441,11 +519,14 @@ class Embedder:
     module = self._module(long)
     storage = jnp.dtype(self.storage_dtype)
 
+    k = self.batching.max_per_row
+
     def forward(params, batch):
-      hidden = module.apply({"params": params}, batch["tokens"],
-                            batch["segment_ids"])             # [b, l, d]
+      hidden = module.apply({"params": params}, batch["tokens"], batch["segment_ids"],
+                            batch["positions"])               # [b, l, d]
       return (hidden.astype(storage) if per_residue else None,
-              masked_mean(hidden, batch["residue_mask"], jnp) if per_protein else None)
+              segment_means(hidden, batch["segment_ids"], batch["residue_mask"], k, jnp)
+              if per_protein else None)
 
     sharding = self.partitioner.batch_sharding()
     fn = jax.jit(forward, in_shardings=(self._param_shardings, sharding),
@@ -466,10 +547,11 @@ class Embedder:
     return run
 
   def embed(self, records: Iterable[tuple[str, str]], *, per_residue: bool = True,
-            per_protein: bool = True, progress: Optional[Callable[[int], None]] = None,
-            path: Optional[str] = None):
+            per_protein: bool = True, skip: Iterable[str] = (),
+            progress: Optional[Callable[[int], None]] = None, path: Optional[str] = None):
     """Validates then embeds `(id, sequence)` records; yields
-    `(id, per_residue [n, d] | None, per_protein [d] | None)`, longest first."""
+    `(id, per_residue [n, d] | None, per_protein [d] | None)`, longest first,
+    for every id not in `skip` (see `embed_loop`)."""
     records = validate_records(records, max_length=self.max_length, path=path)
     return embed_loop(
         records,
@@ -477,7 +559,7 @@ class Embedder:
         self.batching, self.vocab,
         run_long=self.run_batch_fn(long=True, per_residue=per_residue,
                                    per_protein=per_protein),
-        progress=progress)
+        skip=skip, progress=progress)
 
   def embed_sequences(self, sequences: Sequence[str]) -> list[np.ndarray]:
     """Per-residue embeddings of plain sequences, in input order."""
@@ -571,7 +653,10 @@ def embed_fasta(model: "str | os.PathLike | Embedder", fasta: str | os.PathLike,
   try:
     done = [w.done_ids() for w in writers]
     todo = [r for r in records if not all(r[0] in d for d in done)]
-    summary["skipped"] = len(records) - len(todo)
+    # Every protein is planned, the done ones skipped: the batches, hence the
+    # bits, of a resumed run are those of an uninterrupted one.
+    skip = {r[0] for r in records} - {r[0] for r in todo}
+    summary["skipped"] = len(skip)
     total = sum(len(s) for _, s in todo)
     bar = None
     if progress:
@@ -580,8 +665,8 @@ def embed_fasta(model: "str | os.PathLike | Embedder", fasta: str | os.PathLike,
                  desc=os.path.basename(fasta))
     try:
       for rid, res, prot in embedder.embed(
-          todo, per_residue=per_residue is not None,
-          per_protein=per_protein is not None,
+          records, per_residue=per_residue is not None,
+          per_protein=per_protein is not None, skip=skip,
           progress=bar.update if bar is not None else None, path=fasta):
         for (kind, _), w, d in zip(outputs, writers, done):
           if rid not in d:

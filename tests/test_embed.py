@@ -52,40 +52,67 @@ def test_batch_sizes_are_multiples_of_the_shard_count():
   assert b1.batch_size(2048) == 1
 
 
-def test_plan_sorted_covers_every_protein_once_with_few_shapes():
-  rng = random.Random(0)
-  lengths = [rng.randint(1, 5000) for _ in range(700)]
-  b = embed.Batching(token_budget=8192, num_shards=4)
-  plan = b.plan(lengths)
-  flat = [i for _, idx in plan for i in idx]
-  assert sorted(flat) == list(range(len(lengths)))
-  # Longest first, every protein fits its bucket, batches within their size.
-  assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
-  for bucket, idx in plan:
-    assert all(lengths[i] <= bucket for i in idx)
-    assert len(idx) <= b.batch_size(bucket)
-    assert bucket * b.batch_size(bucket) <= max(8192, bucket * 4)
-  shapes = {(bucket, b.batch_size(bucket)) for bucket, _ in plan}
-  assert len(shapes) <= len(embed.DEFAULT_LADDER) + 1   # + one long bucket (8192)
-  # Batches are bucket-pure; only the last batch of each bucket may be short.
-  for k, (bucket, idx) in enumerate(plan):
-    assert all(b.bucket(lengths[i]) == bucket for i in idx)
-    if k + 1 < len(plan) and plan[k + 1][0] == bucket:
-      assert len(idx) == b.batch_size(bucket)
+def test_plan_covers_every_protein_once_with_few_shapes():
+  # Protein-like lengths (log-normal, median 350) and a few beyond the ladder.
+  rng = np.random.default_rng(0)
+  lengths = [int(np.clip(x, 2, 5000)) for x in rng.lognormal(np.log(350), 0.8, 700)]
+  for pack in (False, True):
+    b = embed.Batching(token_budget=8192, num_shards=4, pack=pack)
+    plan = b.plan(lengths)
+    flat = [i for batch in plan for i in batch.indices]
+    assert sorted(flat) == list(range(len(lengths)))
+    for batch in plan:
+      assert len(batch.rows) <= b.batch_size(batch.length)
+      assert batch.length * b.batch_size(batch.length) <= max(8192, batch.length * 4)
+      for row in batch.rows:
+        # A row's proteins fit it; the first, its longest, set its length.
+        assert sum(lengths[i] for i in row) <= batch.length
+        assert b.bucket(lengths[row[0]]) == batch.length
+        assert all(lengths[i] <= lengths[row[0]] for i in row)
+        assert len(row) <= (b.max_per_row if pack and not b.is_long(batch.length) else 1)
+    shapes = {(batch.length, b.batch_size(batch.length)) for batch in plan}
+    assert len(shapes) <= len(embed.DEFAULT_LADDER) + 1   # + one long bucket (8192)
+    # Longest rows first; only the last batch of each length may be short.
+    assert [batch.length for batch in plan] == sorted((x.length for x in plan), reverse=True)
+    for k, batch in enumerate(plan[:-1]):
+      if plan[k + 1].length == batch.length:
+        assert len(batch.rows) == b.batch_size(batch.length)
+    padded = sum(batch.length * b.batch_size(batch.length) for batch in plan)
+    if pack:
+      packed_padding = 1 - sum(lengths) / padded
+    else:
+      unpacked_padding = 1 - sum(lengths) / padded
+  assert packed_padding < 0.7 * unpacked_padding   # 19% vs 30% here (dummy rows included)
 
 
-def test_pad_batch_dummy_rows_hold_an_empty_frame():
-  rows = [np.array([5, 6, 1], np.int32), np.array([7, 1], np.int32)]
-  out = embed.pad_batch(rows, 4, 3, T5_VOCAB)
-  np.testing.assert_array_equal(out["tokens"], [[5, 6, 1, 0], [7, 1, 0, 0], [1, 0, 0, 0]])
-  np.testing.assert_array_equal(out["segment_ids"], [[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
-  np.testing.assert_array_equal(out["residue_mask"], [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+def test_packing_fills_rows_with_shorter_proteins():
+  b = embed.Batching(token_budget=256, ladder=(32, 64, 128), num_shards=1)
+  plan = b.plan([100, 20, 30, 60, 10])
+  # Longest first: 100 opens a 128 row (28 free), 60 a 64 row (4 free), 30 a
+  # 32 row (2 free); 20 best-fits the 28 left beside 100; 10 fits nowhere
+  # (8, 4, 2 free) and opens a 32 row of its own.
+  assert [batch.rows for batch in plan] == [[[0, 1]], [[3]], [[2], [4]]]
+  assert [batch.length for batch in plan] == [128, 64, 32]
+
+
+def test_pad_batch_packs_rows_and_dummy_rows_hold_an_empty_frame():
+  rows = [[np.array([5, 6, 1], np.int32), np.array([7, 1], np.int32)],
+          [np.array([8, 1], np.int32)]]
+  out = embed.pad_batch(rows, 6, 3, T5_VOCAB)
+  np.testing.assert_array_equal(out["tokens"], [[5, 6, 1, 7, 1, 0], [8, 1, 0, 0, 0, 0],
+                                                [1, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(out["segment_ids"], [[1, 1, 1, 2, 2, 0], [1, 1, 0, 0, 0, 0],
+                                                     [1, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(out["positions"], [[0, 1, 2, 0, 1, 0], [0, 1, 0, 0, 0, 0],
+                                                   [0, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(out["residue_mask"], [[1, 1, 0, 1, 0, 0], [1, 0, 0, 0, 0, 0],
+                                                      [0, 0, 0, 0, 0, 0]])
   assert out["tokens"].dtype == np.int32
-  bert = embed.pad_batch([BERT_VOCAB.frame("LA")], 5, 2, BERT_VOCAB)
-  np.testing.assert_array_equal(bert["tokens"], [[2, 5, 6, 3, 0], [2, 3, 0, 0, 0]])
-  np.testing.assert_array_equal(bert["residue_mask"], [[0, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+  bert = embed.pad_batch([[BERT_VOCAB.frame("LA"), BERT_VOCAB.frame("G")]], 8, 2, BERT_VOCAB)
+  np.testing.assert_array_equal(bert["tokens"], [[2, 5, 6, 3, 2, 7, 3, 0], [2, 3] + [0] * 6])
+  np.testing.assert_array_equal(bert["residue_mask"], [[0, 1, 1, 0, 0, 1, 0, 0], [0] * 8])
   with pytest.raises(ValueError):
-    embed.pad_batch(rows, 2, 3, T5_VOCAB)
+    embed.pad_batch(rows, 4, 3, T5_VOCAB)
 
 
 def test_framing_of_each_family():
@@ -94,17 +121,17 @@ def test_framing_of_each_family():
 
 
 # --------------------------------------------------------------------------
-# The embed loop against a fake, padding-sensitive encoder.
+# The embed loop against a fake, packing-sensitive encoder.
 # --------------------------------------------------------------------------
-def fake_encode(tokens, segment_ids):
-  """[b, l] -> [b, l, 4]: token id, position, and the mean id of the row's
-  non-pad tokens, so a leak of padding or of another row changes the output."""
-  tokens = np.asarray(tokens)
-  mask = (np.asarray(segment_ids) > 0).astype(np.float32)
-  ctx = (tokens * mask).sum(1, keepdims=True) / mask.sum(1, keepdims=True)
-  pos = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.float32), tokens.shape)
-  return np.stack([tokens.astype(np.float32), pos, np.broadcast_to(ctx, tokens.shape),
-                   tokens * ctx], axis=-1)
+def fake_encode(tokens, segment_ids, positions):
+  """[b, l] -> [b, l, 4]: token id, position, and the mean id over the token's
+  own protein (its segment), so a leak of padding, of another protein packed
+  in the row or of another row changes the output."""
+  tokens = np.asarray(tokens, np.float32)
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]            # [b, l, l]
+  same &= (segment_ids > 0)[:, None, :]
+  ctx = (same * tokens[:, None, :]).sum(-1) / np.maximum(same.sum(-1), 1)
+  return np.stack([tokens, positions.astype(np.float32), ctx, tokens * ctx], axis=-1)
 
 
 def test_embed_loop_equals_each_sequence_alone():
@@ -113,28 +140,52 @@ def test_embed_loop_equals_each_sequence_alone():
              enumerate([5, 31, 32, 33, 100, 7, 47, 250, 1, 64])]
   calls = []
 
-  def encode(tokens, segment_ids):
-    calls.append(tokens.shape)
-    return fake_encode(tokens, segment_ids)
+  def encode(tokens, segment_ids, positions):
+    calls.append((tokens.shape, int(segment_ids.max())))
+    return fake_encode(tokens, segment_ids, positions)
 
   for vocab in (T5_VOCAB, BERT_VOCAB):
     calls.clear()
-    out = list(embed.embed_loop(records, embed.pooled_run_batch(encode),
-                                embed.Batching(token_budget=200, num_shards=2), vocab))
+    batching = embed.Batching(token_budget=200, num_shards=2)
+    out = list(embed.embed_loop(records, embed.pooled_run_batch(encode), batching, vocab))
     assert sorted(r[0] for r in out) == sorted(r[0] for r in records)
     seqs = dict(records)
     first = len(vocab.prefix_ids)
     for rid, res, prot in out:
       tokens = vocab.frame(seqs[rid])[None]
-      alone = fake_encode(tokens, np.ones_like(tokens))[0]
+      alone = fake_encode(tokens, np.ones_like(tokens), np.arange(tokens.shape[1])[None])[0]
       residues = alone[first:first + len(seqs[rid])]  # framing tokens' rows dropped
       assert res.shape == (len(seqs[rid]), 4)
       np.testing.assert_allclose(res, residues, rtol=1e-6)
       np.testing.assert_allclose(prot, residues.mean(0), rtol=1e-5)
-    # Fixed shapes only: every batch is (batch_size(bucket), bucket).
-    b = embed.Batching(token_budget=200, num_shards=2)
-    assert all(shape == (b.batch_size(shape[1]), shape[1]) for shape in calls)
-    assert len(set(calls)) <= 6   # one per ladder length used
+    # Fixed shapes only, every batch (batch_size(length), length); and packed.
+    assert all(shape == (batching.batch_size(shape[1]), shape[1]) for shape, _ in calls)
+    assert len({shape for shape, _ in calls}) <= 6   # one per ladder length used
+    assert max(segments for _, segments in calls) > 1
+
+
+def test_skipped_proteins_are_planned_but_not_run_or_yielded():
+  rng = random.Random(2)
+  records = [(f"p{i}", random_seq(rng, n)) for i, n in enumerate([90, 20, 60, 10, 30])]
+  batching = embed.Batching(token_budget=128, ladder=(32, 64, 128), num_shards=1)
+  runs = []
+
+  def encode(tokens, segment_ids, positions):
+    runs.append(tokens.copy())
+    return fake_encode(tokens, segment_ids, positions)
+
+  full = {rid: res for rid, res, _ in embed.embed_loop(
+      records, embed.pooled_run_batch(encode), batching, T5_VOCAB)}
+  all_batches, runs[:] = list(runs), []
+  skip = {"p0", "p1", "p2"}
+  resumed = {rid: res for rid, res, _ in embed.embed_loop(
+      records, embed.pooled_run_batch(encode), batching, T5_VOCAB, skip=skip)}
+  assert sorted(resumed) == ["p3", "p4"]
+  for rid in resumed:
+    np.testing.assert_array_equal(resumed[rid], full[rid])
+  # The batches that ran are exactly the uninterrupted run's that hold a new one.
+  assert 0 < len(runs) < len(all_batches)
+  assert all(any(np.array_equal(r, a) for a in all_batches) for r in runs)
 
 
 def test_embed_loop_routes_long_buckets():
@@ -261,7 +312,7 @@ def test_embed_fasta_equals_encoder_on_each_sequence_alone(embedder, tiny, fasta
   lengths = [len(s) + 1 for _, s in records]
   plan = embedder.batching.plan(lengths)
   fn = embedder.forward_fn(long=False, per_residue=True, per_protein=True)
-  assert fn._cache_size() == len({b for b, _ in plan})
+  assert fn._cache_size() == len({batch.length for batch in plan})
 
 
 def test_long_proteins_use_blockwise_attention_and_match(tiny):
@@ -289,6 +340,7 @@ def test_long_protein_memory_grows_linearly(tiny):
     assert emb.batching.bucket(n - 1) == n and emb.batching.batch_size(n) == 1
     batch = {"tokens": jax.ShapeDtypeStruct((1, n), np.int32),
              "segment_ids": jax.ShapeDtypeStruct((1, n), np.int32),
+             "positions": jax.ShapeDtypeStruct((1, n), np.int32),
              "residue_mask": jax.ShapeDtypeStruct((1, n), bool)}
     with emb.partitioner.activation_context():
       compiled = fn.lower(emb.params, batch).compile()
