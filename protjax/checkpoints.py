@@ -11,12 +11,23 @@ item (and every host) is done, so an interrupted save never shows up as the
 latest step. Restoring takes the target shardings, so a checkpoint written on
 one mesh (8-way model parallel) restores on another (4-way).
 
+A step whose files were damaged afterwards (a truncated array file, a
+deleted `manifest.ocdbt`) is "unreadable": `Checkpointer.restore_newest`
+(the trainer's resume) warns once naming it, resumes from the newest step
+that restores, and moves the bad one aside to `<step>.unreadable` (kept for
+inspection, out of the way of the steps this run saves again);
+`restore_params` (export, embed) raises an InputError naming it, and
+`restore_newest_params` falls back as the trainer does, without moving
+anything.
+
 `PreemptionGuard` turns SIGTERM (a TPU VM preemption notice) into a stop the
 training loop checks every step: it saves at the step reached and stops
 cleanly, on every host at the same step.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -29,7 +40,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from protjax.errors import InputError
+
 CHECKPOINT_SUBDIR = "checkpoints"
+UNREADABLE_SUFFIX = ".unreadable"
+ITEMS = ("params", "opt_state", "meta")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +65,78 @@ class CheckpointConfig:
 
 def checkpoint_dir(model_dir: str | os.PathLike) -> pathlib.Path:
   return pathlib.Path(model_dir) / CHECKPOINT_SUBDIR
+
+
+class _ClosedLoopTolerant(asyncio.SelectorEventLoop):
+  """An event loop that drops callbacks scheduled after it closed.
+
+  orbax reads a checkpoint in a fresh loop and closes it as soon as one read
+  fails (a truncated file); TensorStore reads still in flight then schedule
+  their completion on the closed loop from their own threads, and each
+  prints a 'RuntimeError: Event loop is closed' traceback.
+  """
+
+  def call_soon_threadsafe(self, callback, *args, context=None):
+    if self.is_closed():
+      return None
+    return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+class _TolerantLoopPolicy(asyncio.DefaultEventLoopPolicy):
+  def new_event_loop(self):
+    return _ClosedLoopTolerant()
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Reading with orbax: its absl warnings about read-only managers and
+  item folders without step metadata describe how protjax reads, not a
+  problem; a failed read does not print tracebacks from TensorStore threads
+  (`_ClosedLoopTolerant`)."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  policy = asyncio.get_event_loop_policy()
+  logger.setLevel(logging.ERROR)
+  asyncio.set_event_loop_policy(_TolerantLoopPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(policy)
+    logger.setLevel(level)
+
+
+def missing_file(step_dir: pathlib.Path, items: tuple[str, ...] = ITEMS) -> Optional[str]:
+  """What is missing from a step's folder (an item's folder, or the
+  manifest of an OCDBT item), or None. Checked before orbax reads: without
+  its manifest, orbax fails on a tree mismatch, and TensorStore callbacks
+  then print 'Event loop is closed' tracebacks."""
+  for item in items:
+    item_dir = step_dir / item
+    if not item_dir.is_dir():
+      return f"{item}/ is missing"
+    if (any(item_dir.glob("ocdbt.process_*"))
+        and not (item_dir / "manifest.ocdbt").is_file()):
+      return f"{item}/manifest.ocdbt is missing"
+  return None
+
+
+class _MissingFile(Exception):
+  """A step lacks a file (`missing_file`); raised before orbax reads it."""
+
+
+def _check_files(step_dir: pathlib.Path, items: tuple[str, ...] = ITEMS) -> None:
+  missing = missing_file(step_dir, items)
+  if missing:
+    raise _MissingFile(missing)
+
+
+def why_unreadable(error: BaseException) -> str:
+  """A short reason a step did not restore: the first line of the innermost
+  error (orbax wraps TensorStore's, which names the file and the byte range)."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  line = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
+  return line if len(line) <= 300 else line[:297] + "..."
 
 
 class Checkpointer:
@@ -104,20 +191,64 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_params),
-            opt_state=ocp.args.StandardRestore(abstract_opt_state),
-            meta=ocp.args.JsonRestore()))
+    with _quiet_orbax():
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(
+              params=ocp.args.StandardRestore(abstract_params),
+              opt_state=ocp.args.StandardRestore(abstract_opt_state),
+              meta=ocp.args.JsonRestore()))
     return restored["params"], restored["opt_state"], dict(restored["meta"])
+
+  def restore_newest(self, abstract_params: Any, abstract_opt_state: Any, *,
+                     set_aside: bool = False) -> tuple[int, Any, Any, dict]:
+    """Restores the newest step that reads: (step, params, opt_state, meta).
+
+    Each newer step that does not restore gets one warning naming it; with
+    `set_aside` (a run resuming in its own model_dir), once an older step
+    has restored, those are renamed `<step>.unreadable`, so that this run
+    can save those step numbers again. When no step restores, nothing is
+    renamed (the cause may be the model, not the files): InputError naming
+    the steps and why.
+    """
+    failed: list[tuple[int, str]] = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        _check_files(self.directory / str(step))
+        params, opt_state, meta = self.restore(abstract_params, abstract_opt_state, step)
+      except Exception as e:  # pylint: disable=broad-except
+        # orbax and TensorStore raise ValueError, OSError, KeyError, ...
+        failed.append((step, why_unreadable(e)))
+        continue
+      for bad, why in failed:
+        moved = self._set_aside(bad) if set_aside else None
+        logging.warning("checkpoint step %d in %s is unreadable (%s); resuming from step "
+                        "%d%s", bad, self.directory, why, step,
+                        f"; moved to {moved} for inspection" if moved else "")
+      return step, params, opt_state, meta
+    raise InputError("no checkpoint restores: " + "; ".join(
+        f"step {s}: {why}" for s, why in failed), path=str(self.directory))
+
+  def _set_aside(self, step: int) -> Optional[pathlib.Path]:
+    """Renames step `step` to `<step>.unreadable` (process 0; orbax lists
+    only step-number folders; every host then sees it gone); returns the
+    new path."""
+    target = self.directory / f"{step}{UNREADABLE_SUFFIX}"
+    if jax.process_index() == 0:
+      os.replace(self.directory / str(step), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f"protjax set aside step {step}")
+    self.manager.reload()
+    return target
 
   def read_meta(self, step: Optional[int] = None) -> dict:
     """The JSON metadata of a checkpoint (step, data seed, RNG, data offset)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    with _quiet_orbax():
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])
 
   def wait(self) -> None:
@@ -129,27 +260,23 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_params(model_dir: str | os.PathLike,
-                   step: Optional[int] = None) -> dict:
-  """The parameter tree of a checkpoint as host numpy arrays.
-
-  For the export helper: needs no mesh, no model and no optimiser. Raises
-  FileNotFoundError when `model_dir` holds no complete checkpoint.
-  """
+def complete_steps(model_dir: str | os.PathLike) -> list[int]:
+  """The complete checkpoint steps of a run, oldest first (reads nothing
+  but the folder). FileNotFoundError when there is no checkpoints folder."""
   directory = checkpoint_dir(model_dir).absolute()
   if not directory.is_dir():
     raise FileNotFoundError(f"no checkpoints directory in {model_dir}")
-  if step is None:
+  with _quiet_orbax():
     manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
             read_only=True, create=False, save_interval_steps=0))
-    step = manager.latest_step()
+    steps = sorted(manager.all_steps())
     manager.close()
-    if step is None:
-      raise FileNotFoundError(f"no complete checkpoint in {directory}")
-  path = directory / str(step) / "params"
-  if not path.is_dir():
-    raise FileNotFoundError(f"no parameters at {path}")
+  return steps
+
+
+def _read_params(path: pathlib.Path) -> dict:
+  """One step's parameter tree as host numpy arrays (orbax errors as they come)."""
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
   tree = getattr(metadata, "item_metadata", None) or getattr(
@@ -159,6 +286,59 @@ def restore_params(model_dir: str | os.PathLike,
   restored = checkpointer.restore(
       path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   return jax.tree.map(np.asarray, restored)
+
+
+def restore_params(model_dir: str | os.PathLike,
+                   step: Optional[int] = None) -> dict:
+  """The parameter tree of a checkpoint (default: the latest) as host numpy
+  arrays.
+
+  For export and embed: needs no mesh, no model and no optimiser. Raises
+  FileNotFoundError when `model_dir` holds no complete checkpoint (or no
+  `step`), and InputError naming the step when its files do not restore.
+  """
+  directory = checkpoint_dir(model_dir).absolute()
+  steps = complete_steps(model_dir)
+  if step is None:
+    if not steps:
+      raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    step = steps[-1]
+  path = directory / str(step) / "params"
+  if not path.is_dir():
+    raise FileNotFoundError(f"no parameters at {path}")
+  try:
+    _check_files(directory / str(step), ("params",))
+    with _quiet_orbax():
+      return _read_params(path)
+  except Exception as e:  # pylint: disable=broad-except
+    # orbax and TensorStore raise ValueError, OSError, KeyError, ...
+    older = [s for s in steps if s < step]
+    hint = f"; earlier steps: {', '.join(map(str, older))}" if older else ""
+    raise InputError(f"checkpoint step {step} is unreadable ({why_unreadable(e)}){hint}",
+                     path=str(directory)) from None
+
+
+def restore_newest_params(model_dir: str | os.PathLike) -> tuple[int, dict]:
+  """(step, parameter tree) of the newest checkpoint whose parameters
+  restore, as host numpy arrays; one warning per newer step that does not
+  (nothing is moved). FileNotFoundError when there is no complete
+  checkpoint, InputError naming every step when none restores."""
+  directory = checkpoint_dir(model_dir).absolute()
+  steps = complete_steps(model_dir)
+  if not steps:
+    raise FileNotFoundError(f"no complete checkpoint in {directory}")
+  failed = []
+  for step in reversed(steps):
+    try:
+      params = restore_params(model_dir, step)
+    except InputError as e:
+      failed.append((step, e.problem))
+      continue
+    for _, problem in failed:
+      logging.warning("%s: %s; using step %d", directory, problem, step)
+    return step, params
+  raise InputError("no checkpoint restores: " + "; ".join(p for _, p in failed),
+                   path=str(directory))
 
 
 class PreemptionGuard:

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
@@ -543,10 +544,18 @@ def setup_training(model: Model, optimizer: optim.Optimizer,
 
 
 def restore_state(ckpt: checkpoints_lib.Checkpointer, setup: TrainSetup,
-                  step: Optional[int] = None) -> tuple[TrainState, dict]:
-  """Restores a checkpoint onto this setup's mesh (any mesh it was saved on)."""
-  params, opt_state, meta = ckpt.restore(setup.abstract_state.params,
-                                         setup.abstract_state.opt_state, step)
+                  step: Optional[int] = None, set_aside: bool = False
+                  ) -> tuple[TrainState, dict]:
+  """Restores a checkpoint onto this setup's mesh (any mesh it was saved on):
+  `step`, or else the newest one that restores (`Checkpointer.restore_newest`;
+  `set_aside` moves newer unreadable ones aside)."""
+  if step is None:
+    _, params, opt_state, meta = ckpt.restore_newest(
+        setup.abstract_state.params, setup.abstract_state.opt_state,
+        set_aside=set_aside)
+  else:
+    params, opt_state, meta = ckpt.restore(setup.abstract_state.params,
+                                           setup.abstract_state.opt_state, step)
   shardings = setup.state_shardings
   state = TrainState(
       step=jax.device_put(jnp.asarray(meta["step"], jnp.int32),
@@ -570,28 +579,44 @@ def _write_run_files(model_dir: pathlib.Path, model: Model,
         config, indent=2, sort_keys=True) + "\n")
 
 
+def _newest_meta(ckpt: checkpoints_lib.Checkpointer) -> dict:
+  """The metadata of the newest step whose metadata reads ({"step": 0} when
+  none does: the restore then says why)."""
+  for step in sorted(ckpt.all_steps(), reverse=True):
+    try:
+      return ckpt.read_meta(step)
+    except Exception:  # pylint: disable=broad-except
+      continue  # orbax's errors vary; restore_newest names the step
+  return {"step": 0}
+
+
 def _resume_point(ckpt: checkpoints_lib.Checkpointer, init_from: Optional[str]):
-  """Where the state comes from: (checkpointer or None, its step, start step,
-  data offset).
+  """Where the state comes from: (checkpointer or None, start step, data
+  offset), as the newest step's metadata says (the restore may fall back
+  to an older step if the newest does not read).
 
   This run's latest checkpoint, else (stage 2 of a two-stage pretraining)
   the latest of `init_from`, else nothing (fresh init). The data source is
   indexed by `step - data_offset`: a continued run's new corpus starts at its
   own batch 0 at the inherited step.
   """
-  latest = ckpt.latest_step()
-  if latest is not None:
-    meta = ckpt.read_meta(latest)
-    return ckpt, latest, meta["step"], meta.get("data_offset", 0)
+  if ckpt.all_steps():
+    meta = _newest_meta(ckpt)
+    return ckpt, meta["step"], meta.get("data_offset", 0)
   if init_from:
     source = checkpoints_lib.Checkpointer(init_from, read_only=True)
-    step = source.latest_step()
-    if step is None:
+    if not source.all_steps():
       raise InputError("no complete checkpoint to initialise from",
                        path=str(source.directory))
-    inherited = source.read_meta(step)["step"]
-    return source, step, inherited, inherited
-  return None, None, 0, 0
+    inherited = _newest_meta(source)["step"]
+    return source, inherited, inherited
+  return None, 0, 0
+
+
+def _data_offset(meta: dict, own: bool) -> int:
+  """A restored checkpoint's data offset: its own, or (a checkpoint of the
+  `init_from` run) its step, where this run's corpus starts."""
+  return meta.get("data_offset", 0) if own else meta["step"]
 
 
 def train(*,
@@ -649,22 +674,30 @@ def train(*,
   partitioner = partitioner or partitioning_lib.make_partitioner()
   model_dir_path = pathlib.Path(model_dir)
   is_chief = jax.process_index() == 0
+  new_run = not model_dir_path.exists()
+  ckpt = checkpoints_lib.Checkpointer(model_dir, checkpoint)
+  shard, num_shards = jax.process_index(), jax.process_count()
+  try:
+    source, start_step, data_offset = _resume_point(ckpt, init_from)
+    # The data restarts exactly where the checkpoint left off; the first
+    # batch also tells the shapes to build everything for.
+    data_iter = iter(train_data(start_step - data_offset, shard, num_shards))
+    first_batch = next(data_iter)
+    batch_shapes = {k: (v.shape[0] * num_shards,) + tuple(v.shape[1:])
+                    for k, v in first_batch.items()}
+    global_batch = next(iter(batch_shapes.values()))[0]
+    if global_batch % (partitioner.data_size * num_microbatches):
+      raise InputError(f"global batch {global_batch} is not divisible by data "
+                       f"parallelism {partitioner.data_size} x "
+                       f"{num_microbatches} micro-batches")
+  except InputError:
+    # Bad data or settings: a run that never started leaves no folder behind.
+    ckpt.close()
+    if new_run and is_chief:
+      shutil.rmtree(model_dir_path, ignore_errors=True)
+    raise
   if is_chief:
     _write_run_files(model_dir_path, model, config_str)
-  ckpt = checkpoints_lib.Checkpointer(model_dir, checkpoint)
-  source, source_step, start_step, data_offset = _resume_point(ckpt, init_from)
-  # The data restarts exactly where the checkpoint left off; the first batch
-  # also tells the shapes to build everything for.
-  shard, num_shards = jax.process_index(), jax.process_count()
-  data_iter = iter(train_data(start_step - data_offset, shard, num_shards))
-  first_batch = next(data_iter)
-  batch_shapes = {k: (v.shape[0] * num_shards,) + tuple(v.shape[1:])
-                  for k, v in first_batch.items()}
-  global_batch = next(iter(batch_shapes.values()))[0]
-  if global_batch % (partitioner.data_size * num_microbatches):
-    raise InputError(f"global batch {global_batch} is not divisible by data "
-                     f"parallelism {partitioner.data_size} x "
-                     f"{num_microbatches} micro-batches")
 
   setup = setup_training(model, optimizer, partitioner, batch_shapes,
                          num_microbatches=num_microbatches, dropout=dropout,
@@ -672,13 +705,18 @@ def train(*,
   if source is None:
     state = setup.init_state()
   else:
-    state, meta = restore_state(source, setup, source_step)
+    state, meta = restore_state(source, setup, set_aside=source is ckpt)
+    if (meta["step"], _data_offset(meta, source is ckpt)) != (start_step, data_offset):
+      # A newer step did not restore: the data restarts at the one that did.
+      start_step, data_offset = meta["step"], _data_offset(meta, source is ckpt)
+      data_iter = iter(train_data(start_step - data_offset, shard, num_shards))
+      first_batch = next(data_iter)
     data_seed = getattr(train_data, "seed", None)
     if source is ckpt and meta.get("data_seed") != data_seed:
       logging.warning("checkpoint data seed %s != configured %s: the resumed "
                       "run sees different data", meta.get("data_seed"),
                       data_seed)
-    logging.info("restored step %d from %s", source_step, source.directory)
+    logging.info("restored step %d from %s", meta["step"], source.directory)
     if source is not ckpt:
       source.close()
   start_step = int(jax.device_get(state.step))
