@@ -7,6 +7,11 @@
       [--model cnn|logreg|fnn|bilstm]
   protjax-probe train --task location --embeddings deeploc.h5
       --labels deeploc_train.fasta [--labels-csv labels.csv] --pooling mean --out DIR
+      --labels and --embeddings repeat: DeepLoc's 10-class FASTA (bare ids, classes
+      in its CSV) and its membrane-labelled FASTA in one run train both heads
+      (a sequence in both is one protein with the labels of both);
+      [--val-labels FASTA [--val-embeddings H5]] sets the early-stopping set.
+  A probe folder that exists is refused unless --overwrite.
   protjax-probe eval --probe DIR --embeddings test.h5 --labels test.csv [--cb513]
       --out report.json            (also writes report.md)
 
@@ -30,11 +35,17 @@ TASK_ALIASES = {"ss3ss8": "ss3ss8", "ss": "ss3ss8", "secondary_structure": "ss3s
 
 
 def _is_fasta(path: str) -> bool:
+  """FASTA (first non-blank line starts with '>') or else a CSV; InputError
+  for an empty file or binary data (NUL bytes or bytes that are not UTF-8
+  text: e.g. an HDF5 file given as input), which is neither."""
   from protjax.data import readers
   with readers.open_text(path) as f:
-    for line in f:
-      if line.strip():
-        return line.startswith(">")
+    head = f.read(4096)
+  if "\x00" in head or readers.not_utf8(head):
+    raise InputError("is binary data, neither a FASTA nor a CSV file", path=path)
+  for line in head.splitlines():
+    if line.strip():
+      return line.startswith(">")
   raise InputError("empty file", path=path)
 
 
@@ -66,15 +77,20 @@ def _train(args) -> int:
   task = TASK_ALIASES.get(args.task)
   if task is None:
     raise InputError(f"unknown task {args.task!r}, expected ss3ss8 or location")
+  ptrain.check_out_dir(args.out, args.overwrite)  # before any training
   if task == ptrain.RESIDUE_TASK:
+    for flag, values in (("--embeddings", args.embeddings), ("--labels", args.labels),
+                         ("--labels-csv", args.labels_csv or [None])):
+      if len(values) > 1:
+        raise InputError(f"{flag} is given once for ss3ss8 (several label files are for "
+                         "location)")
+    if args.val_labels_csv:
+      raise InputError("--val-labels-csv is for location (DeepLoc FASTAs with bare ids)")
     probe = ptrain.train_residue_probe(
-        args.embeddings, args.labels, out_dir=args.out, model=args.model or "cnn",
+        args.embeddings[0], args.labels[0], out_dir=args.out, model=args.model or "cnn",
         config=_config(args), val_embeddings=args.val_embeddings,
-        val_labels=args.val_labels, progress=not args.quiet)
+        val_labels=args.val_labels, progress=not args.quiet, overwrite=args.overwrite)
   else:
-    if args.val_labels is not None:
-      raise InputError("--val-labels is for ss3ss8; the location probe holds out "
-                       "--val-fraction of its training set")
     exclude = []
     for path in args.exclude_fasta or ():
       from protjax.data import readers
@@ -82,7 +98,14 @@ def _train(args) -> int:
     probe = ptrain.train_protein_probe(
         args.embeddings, args.labels, args.labels_csv, out_dir=args.out,
         model=args.model or "fnn", pooling=args.pooling, config=_config(args),
-        exclude_sequences=exclude, progress=not args.quiet)
+        exclude_sequences=exclude, val_embeddings=args.val_embeddings,
+        val_fasta=args.val_labels, val_labels_csv=args.val_labels_csv,
+        progress=not args.quiet, overwrite=args.overwrite)
+    if probe.meta["n_duplicates_merged"]:
+      print(f"note: {probe.meta['n_duplicates_merged']} proteins given twice (same sequence) "
+            "were merged; labels that disagreed: location "
+            f"{probe.meta['n_conflicting_location']}, membrane "
+            f"{probe.meta['n_conflicting_membrane']}", file=sys.stderr)
     if probe.meta["n_train_membrane_labels"] == 0:
       print("note: no membrane labels (M/S) in the training set: the membrane head "
             "is untrained and eval will not report Q2", file=sys.stderr)
@@ -125,20 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--task", required=True,
                  help="ss3ss8 (per-residue DSSP3 + DSSP8) or location (DeepLoc "
                  "10 locations + membrane/soluble)")
-  t.add_argument("--embeddings", required=True, help="HDF5 embeddings of the training set")
-  t.add_argument("--labels", required=True,
-                 help="NetSurfP CSV (ss3ss8) or DeepLoc FASTA (location)")
-  t.add_argument("--labels-csv", help="location: Label,Class CSV for bare FASTA ids")
+  t.add_argument("--embeddings", required=True, action="append",
+                 help="HDF5 embeddings of the training set (location: repeatable, one "
+                 "per --labels in the same order, or one for all)")
+  t.add_argument("--labels", required=True, action="append",
+                 help="NetSurfP CSV (ss3ss8) or DeepLoc FASTA (location: repeatable, "
+                 "proteins with the same sequence are merged)")
+  t.add_argument("--labels-csv", action="append",
+                 help="location: Label,Class CSV for bare FASTA ids (repeatable)")
   t.add_argument("--out", required=True, help="probe folder to write")
+  t.add_argument("--overwrite", action="store_true", help="replace an existing --out probe")
   t.add_argument("--model", help="ss3ss8: cnn (default), logreg, fnn, bilstm; location: fnn")
   t.add_argument("--pooling", default="mean", choices=("mean", "min", "max", "concat"),
                  help="location: pooling over residues (concat = min, max, mean)")
   t.add_argument("--exclude-fasta", action="append",
                  help="location: drop training proteins whose sequence occurs in this "
                  "FASTA (e.g. the test set; DeepLoc's files overlap); repeatable")
-  t.add_argument("--val-embeddings", help="ss3ss8: HDF5 of a separate validation set")
-  t.add_argument("--val-labels", help="ss3ss8: CSV of a separate validation set "
+  t.add_argument("--val-embeddings", help="HDF5 of a separate validation set (default: "
+                 "the first --embeddings)")
+  t.add_argument("--val-labels", help="a separate validation set: NetSurfP CSV (ss3ss8) or "
+                 "DeepLoc FASTA (location; its sequences are left out of training) "
                  "(default: hold out --val-fraction of the training set)")
+  t.add_argument("--val-labels-csv", help="location: Label,Class CSV for --val-labels")
   t.add_argument("--learning-rate", type=float)
   t.add_argument("--batch-tokens", type=int, help="ss3ss8: padded residues per batch")
   t.add_argument("--batch-size", type=int, help="location: proteins per batch")

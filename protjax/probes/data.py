@@ -13,6 +13,12 @@ DeepLoc label decisions (documented in the report):
     membrane label, if M or S, still counts.
   * membrane: M -> "membrane", S -> "soluble"; U or absent -> no membrane label
     (no membrane loss, not in Q2).
+  * a record's location comes from its header; a bare header takes it from
+    the `Label,Class` CSV(s); a header and a CSV that disagree are an error.
+  * several label sources (the 10-class file and the membrane-labelled one)
+    are merged by sequence (`dedupe_by_sequence`): one protein per distinct
+    sequence, with every head's label any copy has; copies that disagree on
+    a head leave that head unlabelled for the protein.
 """
 from __future__ import annotations
 
@@ -177,22 +183,42 @@ def load_residue_set(embeddings: str | os.PathLike, labels: str | os.PathLike, *
   return out
 
 
-def read_deeploc(fasta: str | os.PathLike, labels_csv: Optional[str | os.PathLike] = None
+def _label_table(labels_csv) -> dict[str, tuple[str, str]]:
+  """id -> (class, CSV path) over one `Label,Class` CSV or several (an id in
+  two of them with different classes is an error)."""
+  paths = [labels_csv] if isinstance(labels_csv, (str, os.PathLike)) else list(labels_csv)
+  table: dict[str, tuple[str, str]] = {}
+  for path in map(os.fspath, paths):
+    for rid, cls in readers.read_deeploc_labels_csv(path).items():
+      if rid in table and table[rid][0] != cls:
+        raise InputError(f"class {cls!r} here, {table[rid][0]!r} in {table[rid][1]}",
+                         path=path, record=rid)
+      table[rid] = (cls, path)
+  return table
+
+
+def read_deeploc(fasta: str | os.PathLike, labels_csv=None
                  ) -> Iterator[tuple[str, str, int, int]]:
   """Yields `(id, sequence, location index or -1, membrane index or -1)`.
 
-  With `labels_csv` (`Label,Class`), locations come from the CSV and every
-  FASTA id must be in it; otherwise from the headers (`>ACC Location-M|S|U`).
+  Locations come from the headers (`>ACC Location-M|S|U`); a bare header
+  takes its location from `labels_csv` (one `Label,Class` CSV or several).
+  A header and a CSV that disagree are an error.
   """
   fasta = os.fspath(fasta)
-  table = readers.read_deeploc_labels_csv(labels_csv) if labels_csv is not None else None
+  table = _label_table(labels_csv) if labels_csv is not None else None
   for rid, seq, location, membrane in readers.read_deeploc_fasta(fasta):
-    if table is not None:
-      if rid not in table:
-        raise InputError(f"no label for this record of {fasta}", path=os.fspath(labels_csv),
+    where = fasta
+    if table is not None and rid in table:
+      cls, csv_path = table[rid]
+      if location is not None and location != cls:
+        raise InputError(f"header says {location!r}, {csv_path} says {cls!r}", path=fasta,
                          record=rid)
-      location = table[rid]
+      location, where = cls, csv_path
     if location is None:
+      if table is not None:
+        raise InputError(f"no location in the header and no label for this record of {fasta}",
+                         path=", ".join(sorted({p for _, p in table.values()})), record=rid)
       raise InputError("no location label (header '>ID Location-M|S|U' or a "
                        "Label,Class CSV expected)", path=fasta, record=rid)
     if location in LOCATIONS:
@@ -201,14 +227,48 @@ def read_deeploc(fasta: str | os.PathLike, labels_csv: Optional[str | os.PathLik
       loc = -1
     else:
       raise InputError(f"unknown location {location!r}, expected one of "
-                       f"{', '.join(LOCATIONS + DROPPED_LOCATIONS)}",
-                       path=os.fspath(labels_csv) if table is not None else fasta, record=rid)
+                       f"{', '.join(LOCATIONS + DROPPED_LOCATIONS)}", path=where, record=rid)
     mem = {"M": 0, "S": 1}.get(membrane or "U", -1)
     yield rid, seq, loc, mem
 
 
+def _merged_label(labels: np.ndarray) -> tuple[int, bool]:
+  """(label, conflict) of one head over copies of a sequence: the label the
+  labelled copies share, or -1 (no label, or copies that disagree)."""
+  known = set(int(x) for x in labels if x >= 0)
+  if len(known) == 1:
+    return known.pop(), False
+  return -1, len(known) > 1
+
+
+def dedupe_by_sequence(data: ProteinSet) -> tuple[ProteinSet, dict]:
+  """One protein per distinct sequence, the first copy's id and features,
+  each head's label merged over the copies (`_merged_label`).
+
+  Returns the set and its counts: `n_duplicates_merged` (copies folded into
+  an earlier one), `n_conflicting_location` / `n_conflicting_membrane`
+  (proteins whose copies disagree on that head).
+  """
+  first: dict[str, list[int]] = {}
+  for i, seq in enumerate(data.sequences):
+    first.setdefault(seq, []).append(i)
+  keep = [idx[0] for idx in first.values()]
+  out = data.subset(keep)
+  conflicts = {"location": 0, "membrane": 0}
+  for row, idx in enumerate(first.values()):
+    if len(idx) == 1:
+      continue
+    for head in conflicts:
+      label, conflict = _merged_label(getattr(data, head)[idx])
+      getattr(out, head)[row] = label
+      conflicts[head] += conflict
+  return out, {"n_duplicates_merged": len(data) - len(keep),
+               "n_conflicting_location": conflicts["location"],
+               "n_conflicting_membrane": conflicts["membrane"]}
+
+
 def load_protein_set(embeddings: str | os.PathLike, fasta: str | os.PathLike,
-                     labels_csv: Optional[str | os.PathLike] = None, *,
+                     labels_csv=None, *,
                      pooling: str = "mean", dim: Optional[int] = None,
                      model: Optional[str] = None) -> ProteinSet:
   """Loads DeepLoc labels and pooled embeddings of their records.

@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Any, Optional, Sequence
 
@@ -37,6 +35,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from protjax import files
 from protjax.errors import InputError
 from protjax.probes import data as pdata
 from protjax.probes import metrics
@@ -77,28 +76,36 @@ class Probe:
     table = models.RESIDUE_MODELS if self.task == RESIDUE_TASK else models.PROTEIN_MODELS
     return table[self.meta["model"]]()
 
-  def save(self, out_dir: str | os.PathLike) -> None:
-    """Writes `config.json` and `params.msgpack` into `out_dir` atomically."""
+  def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Writes `config.json` and `params.msgpack` into `out_dir` atomically,
+    with the permissions `mkdir` would give. An existing `out_dir` is an
+    InputError unless `overwrite` (and then only a probe folder, or an empty
+    one, is replaced)."""
     out_dir = os.path.abspath(os.fspath(out_dir))
-    parent = os.path.dirname(out_dir)
-    if not os.path.isdir(parent):
-      raise InputError("output folder's parent does not exist", path=parent)
-    if os.path.exists(out_dir) and not os.path.exists(os.path.join(out_dir, "config.json")):
-      if not os.path.isdir(out_dir) or os.listdir(out_dir):
-        raise InputError("exists and is not a probe folder; refusing to replace it",
-                         path=out_dir)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
-    try:
+    check_out_dir(out_dir, overwrite)
+    with files.atomic_directory(out_dir, overwrite=overwrite) as tmp:
       with open(os.path.join(tmp, "params.msgpack"), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(jax.device_get(self.state)))
       with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(self.meta, f, indent=1, sort_keys=True)
-      if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-      os.replace(tmp, out_dir)
-    finally:
-      if os.path.exists(tmp):
-        shutil.rmtree(tmp)
+
+
+def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+  """InputError for a probe folder that cannot be written: its parent is
+  missing, it exists (without `overwrite`), or it exists and is neither a
+  probe folder nor empty. Training calls it first, not after its epochs."""
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  parent = os.path.dirname(out_dir)
+  if not os.path.isdir(parent):
+    raise InputError("output folder's parent does not exist", path=parent)
+  if not os.path.lexists(out_dir):
+    return
+  if not overwrite:
+    raise InputError("probe folder exists (pass --overwrite to replace it)", path=out_dir)
+  if not os.path.exists(os.path.join(out_dir, "config.json")):
+    if not os.path.isdir(out_dir) or os.listdir(out_dir):
+      raise InputError("exists and is not a probe folder; refusing to replace it",
+                       path=out_dir)
 
 
 def load_probe(probe_dir: str | os.PathLike) -> Probe:
@@ -389,13 +396,15 @@ def train_residue_probe(embeddings: str, labels: str, *, out_dir: Optional[str] 
                         model: str = "cnn", config: TrainConfig = TrainConfig(),
                         val_embeddings: Optional[str] = None,
                         val_labels: Optional[str] = None,
-                        progress: bool = True) -> Probe:
+                        progress: bool = True, overwrite: bool = False) -> Probe:
   """Trains a DSSP3+DSSP8 probe from an HDF5 file and a NetSurfP CSV.
 
   The validation set for early stopping is `val_embeddings`/`val_labels` if
   given, else `config.val_fraction` of the training proteins. Saves to
-  `out_dir` if given.
+  `out_dir` if given (an existing one only with `overwrite`; checked first).
   """
+  if out_dir is not None:
+    check_out_dir(out_dir, overwrite)
   data = pdata.load_residue_set(embeddings, labels)
   val = None
   if val_labels is not None:
@@ -405,31 +414,93 @@ def train_residue_probe(embeddings: str, labels: str, *, out_dir: Optional[str] 
   probe = fit_residue(train, val, model=model, config=config, progress=progress)
   probe.meta["train_files"] = {"embeddings": os.fspath(embeddings), "labels": os.fspath(labels)}
   if out_dir is not None:
-    probe.save(out_dir)
+    probe.save(out_dir, overwrite=overwrite)
   return probe
 
 
-def train_protein_probe(embeddings: str, fasta: str, labels_csv: Optional[str] = None, *,
+def _paths(value) -> list[str]:
+  """One path or several, as a list of str."""
+  if value is None:
+    return []
+  if isinstance(value, (str, os.PathLike)):
+    return [os.fspath(value)]
+  return [os.fspath(v) for v in value]
+
+
+def load_protein_sources(embeddings, fastas, labels_csv=None, *, pooling: str = "mean",
+                         dim: Optional[int] = None, model: Optional[str] = None
+                         ) -> tuple[pdata.ProteinSet, dict]:
+  """Loads DeepLoc label sources into one de-duplicated ProteinSet.
+
+  Args:
+    embeddings: one HDF5 file for every FASTA, or one per FASTA (same order).
+    fastas: one DeepLoc FASTA or several (e.g. the 10-class file and the
+      membrane-labelled one).
+    labels_csv: `Label,Class` CSV(s) for FASTAs whose headers carry no
+      location (`pdata.read_deeploc`).
+    pooling, dim, model: as `pdata.load_protein_set` (the first file sets
+      dim and model for the others).
+
+  Returns:
+    (set, counts): one protein per distinct sequence (`pdata.dedupe_by_sequence`),
+    and its counts of merged duplicates and conflicting labels.
+  """
+  embeddings, fastas, csvs = _paths(embeddings), _paths(fastas), _paths(labels_csv)
+  if len(embeddings) not in (1, len(fastas)):
+    raise InputError(f"give one embeddings file for all {len(fastas)} label files, or one "
+                     f"per label file in the same order (got {len(embeddings)})")
+  sets = []
+  for i, fasta in enumerate(fastas):
+    sets.append(pdata.load_protein_set(embeddings[i if len(embeddings) > 1 else 0], fasta,
+                                       csvs or None, pooling=pooling, dim=dim, model=model))
+    dim, model = sets[0].dim, sets[0].embed_model
+  return pdata.dedupe_by_sequence(pdata.concat_protein_sets(sets))
+
+
+def train_protein_probe(embeddings, fasta, labels_csv=None, *,
                         out_dir: Optional[str] = None, model: str = "fnn",
                         pooling: str = "mean", config: TrainConfig = TrainConfig(),
                         exclude_sequences: Sequence[str] = (),
-                        progress: bool = True) -> Probe:
+                        val_embeddings=None, val_fasta=None, val_labels_csv=None,
+                        progress: bool = True, overwrite: bool = False) -> Probe:
   """Trains the location + membrane probe from HDF5 embeddings and DeepLoc labels.
 
-  `exclude_sequences`: training proteins with one of these exact sequences are
-  dropped (e.g. the test set's, to avoid train/test overlap).
+  `embeddings`, `fasta` and `labels_csv` may each be one path or several
+  (`load_protein_sources`): e.g. the 10-class training FASTA with its CSV
+  and the membrane-labelled FASTA, so that one run trains both heads; a
+  sequence given twice is one training protein with the labels of both.
+  `exclude_sequences`: training proteins with one of these exact sequences
+  are dropped (e.g. the test set's, to avoid train/test overlap).
+  `val_fasta` (with `val_embeddings`, default the training embeddings, and
+  `val_labels_csv`): the early-stopping set, whose sequences are dropped
+  from training; else `config.val_fraction` of the training proteins.
+  Saves to `out_dir` if given (an existing one only with `overwrite`;
+  checked first).
   """
-  data = pdata.load_protein_set(embeddings, fasta, labels_csv, pooling=pooling)
-  n_loaded = len(data)
-  if exclude_sequences:
-    excl = set(exclude_sequences)
-    data = data.subset([i for i, s in enumerate(data.sequences) if s not in excl])
-  train, val = early_stopping_split(data, None, config)
-  probe = fit_protein(train, val, model=model, config=config, progress=progress)
-  probe.meta["train_files"] = {"embeddings": os.fspath(embeddings), "labels": os.fspath(fasta)}
-  probe.meta["n_excluded_overlap"] = n_loaded - len(data)
   if out_dir is not None:
-    probe.save(out_dir)
+    check_out_dir(out_dir, overwrite)
+  data, counts = load_protein_sources(embeddings, fasta, labels_csv, pooling=pooling)
+  val = None
+  if val_fasta is not None:
+    val, _ = load_protein_sources(val_embeddings or _paths(embeddings)[0], val_fasta,
+                                  val_labels_csv, pooling=pooling, dim=data.dim,
+                                  model=data.embed_model)
+  n_loaded = len(data)
+  excl = set(exclude_sequences) | (set(val.sequences) if val is not None else set())
+  if excl:
+    data = data.subset([i for i, s in enumerate(data.sequences) if s not in excl])
+  train, val = early_stopping_split(data, val, config)
+  probe = fit_protein(train, val, model=model, config=config, progress=progress)
+  probe.meta["train_files"] = {"embeddings": _paths(embeddings), "labels": _paths(fasta),
+                               "labels_csv": _paths(labels_csv)}
+  if val_fasta is not None:
+    probe.meta["val_files"] = {"embeddings": _paths(val_embeddings or _paths(embeddings)[0]),
+                               "labels": _paths(val_fasta),
+                               "labels_csv": _paths(val_labels_csv)}
+  probe.meta["n_excluded_overlap"] = n_loaded - len(data)
+  probe.meta.update(counts)
+  if out_dir is not None:
+    probe.save(out_dir, overwrite=overwrite)
   return probe
 
 
