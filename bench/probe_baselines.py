@@ -68,7 +68,8 @@ def run_ss(kind: str, data_dir: str, work: str, config: ptrain.TrainConfig,
   t = time.time()
   probe = ptrain.train_residue_probe(h5["train"], os.path.join(data_dir, SS, files["train"]),
                                      model=model, config=config,
-                                     out_dir=os.path.join(work, f"probe_{kind}_{model}"))
+                                     out_dir=os.path.join(work, f"probe_{kind}_{model}"),
+                                     overwrite=True)  # a rerun retrains its work dir's probe
   train_s = time.time() - t
   out = {"train_seconds": train_s, "best_epoch": probe.meta["best_epoch"],
          "epochs": len(probe.meta["history"]), "history": probe.meta["history"]}
