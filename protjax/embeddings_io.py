@@ -3,7 +3,10 @@
 Layout (one file):
   * one dataset per protein at the root; dataset name = protein id with '/'
     replaced by '_' (HDF5 would read '/' as a group separator); the original id
-    is kept in the dataset attribute `id`;
+    is kept in the dataset attribute `id`, and readers look proteins up by it.
+    Two ids that map to the same name (`a/b` and `a_b`) are an InputError,
+    never an overwrite: `check_ids` finds them before anything is written,
+    and `EmbeddingWriter.write` refuses the second;
   * per-residue datasets are `[length, dim]` (no `</s>` row), per-protein
     datasets are `[dim]`;
   * file attributes: `model` (str), `dim` (int), `kind` ("per_residue" |
@@ -39,6 +42,19 @@ PARTIAL_SUFFIX = ".partial"
 def dataset_name(protein_id: str) -> str:
   """HDF5 dataset name of a protein id ('/' would open a group)."""
   return protein_id.replace("/", "_")
+
+
+def check_ids(ids: Iterable[str], *, source: Optional[str] = None) -> None:
+  """InputError naming the first id that maps to the same dataset name as an
+  earlier one (`dataset_name`); `source` names the input in the message."""
+  seen: dict[str, str] = {}
+  for protein_id in ids:
+    name = dataset_name(protein_id)
+    if name in seen and seen[name] != protein_id:
+      raise InputError(f"id maps to the same HDF5 dataset name {name!r} as id "
+                       f"{seen[name]!r} ('/' is stored as '_'): rename one", path=source,
+                       record=protein_id)
+    seen.setdefault(name, protein_id)
 
 
 @dataclasses.dataclass(frozen=True)
