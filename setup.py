@@ -25,6 +25,11 @@ INSTALL_REQUIRES = [
 ]
 HF = ["torch==2.13.0", "transformers>=5", "safetensors"]
 TEST = ["pytest", "pytest-timeout"] + HF
+# libtpu, the XLA:TPU compiler and runtime, at the version jax pins: on a TPU
+# VM it runs protjax; anywhere, protjax-plan compiles for a TPU slice with it.
+# Not in `test`: installed, every jax process without JAX_PLATFORMS=cpu tries
+# (and fails, with error lines) to start a TPU backend on a machine with none.
+TPU = ["jax[tpu]"]
 
 setup(
     name="protjax",
@@ -38,11 +43,12 @@ setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"hf": HF, "test": TEST},
+    extras_require={"hf": HF, "test": TEST, "tpu": TPU},
     entry_points={
         "console_scripts": [
             "protjax-data=protjax.data.cli:main",
             "protjax-train=protjax.train:main",
+            "protjax-plan=protjax.plan:main",
             "protjax-export=protjax.export:export_main",
             "protjax-import=protjax.export:import_main",
             "protjax-embed=protjax.embed:main",

@@ -170,8 +170,9 @@ def make_mesh(model_parallel: int = 1,
                      f"{len(devices)} devices")
   shape = (len(devices) // model_parallel, model_parallel)
   device_array = None
-  if devices[0].platform == "tpu" and len(devices) == jax.device_count():
-    # On TPU let mesh_utils place model groups on physically close chips.
+  if devices[0].platform == "tpu" and len(devices) == len(devices[0].client.devices()):
+    # On TPU let mesh_utils place model groups on physically close chips:
+    # the whole slice, attached or (protjax-plan) a compile-only topology.
     try:
       from jax.experimental import mesh_utils
       device_array = mesh_utils.create_device_mesh(shape, devices)

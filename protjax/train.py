@@ -33,21 +33,8 @@ GIN_PREFIX = "--gin."
 EXIT_STOPPED_EARLY = 75
 
 
-def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
-  """Parses argv (without the program name); `--gin.X=Y` become bindings."""
-  parser = argparse.ArgumentParser(
-      prog="protjax-train", description=__doc__.split("\n\n")[0],
-      epilog="--gin.NAME=VALUE   one gin binding (repeatable), applied "
-      "after the gin files, e.g. --gin.train.train_steps=1000",
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--gin_file", action="append", default=[],
-                      help="gin file (repeatable)")
-  parser.add_argument("--gin_search_path", action="append", default=[],
-                      help="extra directory to resolve gin files against")
-  parser.add_argument("--coordinator_address", default=None,
-                      help="host:port of process 0 (multi-node GPU)")
-  parser.add_argument("--num_processes", type=int, default=None)
-  parser.add_argument("--process_id", type=int, default=None)
+def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """argv -> (gin bindings from `--gin.X=Y` / `--gin.X Y`, the other flags)."""
   bindings, rest = [], []
   argv = list(argv)
   i = 0
@@ -64,6 +51,25 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     else:
       rest.append(arg)
     i += 1
+  return bindings, rest
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+  """Parses argv (without the program name); `--gin.X=Y` become bindings."""
+  parser = argparse.ArgumentParser(
+      prog="protjax-train", description=__doc__.split("\n\n")[0],
+      epilog="--gin.NAME=VALUE   one gin binding (repeatable), applied "
+      "after the gin files, e.g. --gin.train.train_steps=1000",
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="gin file (repeatable)")
+  parser.add_argument("--gin_search_path", action="append", default=[],
+                      help="extra directory to resolve gin files against")
+  parser.add_argument("--coordinator_address", default=None,
+                      help="host:port of process 0 (multi-node GPU)")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  bindings, rest = split_gin_flags(argv)
   args = parser.parse_args(rest)
   if not args.gin_file:
     raise InputError("give at least one --gin_file (e.g. "
