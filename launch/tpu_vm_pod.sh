@@ -13,8 +13,9 @@
 # starting the same command again resumes from model_dir.
 #
 # Environment: REPO_DIR (checkout on the workers, default ~/protjax),
-# SETUP=1 (pip install -e the checkout on every worker first),
-# DRY_RUN=1 (print the gcloud command instead of running it).
+# SETUP=1 (pip install -e ".[tpu]" the checkout on every worker first: protjax
+# and libtpu at the version jax pins), DRY_RUN=1 (print the gcloud command
+# instead of running it). Each worker logs to REPO_DIR/train.log.
 set -euo pipefail
 if [[ $# -lt 3 ]]; then
   echo "usage: $0 TPU_NAME ZONE PROTJAX_TRAIN_FLAGS..." >&2
@@ -27,7 +28,7 @@ REPO_DIR=${REPO_DIR:-'~/protjax'}
 FLAGS=$(printf '%q ' "$@")
 REMOTE="cd ${REPO_DIR}"
 if [[ "${SETUP:-0}" == 1 ]]; then
-  REMOTE+=" && python3 -m pip install -q -e . 'jax[tpu]'"
+  REMOTE+=" && python3 -m pip install -q -e '.[tpu]'"
 fi
 REMOTE+=" && nohup python3 -m protjax.train ${FLAGS}> train.log 2>&1 &"
 CMD=(gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --zone "${ZONE}" --worker=all
