@@ -58,14 +58,17 @@ def cli_main(main: Callable[..., int | None]) -> Callable[..., int]:
 
 
 def _exit(code: int) -> None:
-  """Exits with `code` once the failed run's objects are gone.
+  """Exits with `code`; after a failure, once the failed run's objects are gone.
 
   Outside the except clauses, the exception and the frames its traceback
   holds are unreferenced; collecting them now destroys, among them, a
   tf.data iterator while the interpreter is whole. Left to interpreter
   shutdown, that iterator's threads (still running a Python generator)
   could no longer take the GIL, and its destructor would wait for them
-  forever: `protjax-data` hung after printing its error.
+  forever: `protjax-data` hung after printing its error. A run that
+  returned normally has let go of its iterators with its frames; the
+  collection (most of a second with TensorFlow loaded) is skipped then.
   """
-  gc.collect()
+  if code:
+    gc.collect()
   sys.exit(code)

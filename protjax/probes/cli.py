@@ -34,14 +34,21 @@ TASK_ALIASES = {"ss3ss8": "ss3ss8", "ss": "ss3ss8", "secondary_structure": "ss3s
                 "location": "location", "localization": "location", "deeploc": "location"}
 
 
+def _is_binary(head: str) -> bool:
+  """Whether the start of a file is binary data (an HDF5 file or an archive
+  given as input): a NUL, or more than a tenth of control characters and
+  bytes that are not UTF-8 (one stray byte in a FASTA header is not)."""
+  odd = sum(1 for c in head if (c < " " and c not in "\t\n\r\f\v") or "\udc80" <= c <= "\udcff")
+  return "\x00" in head or odd > len(head) / 10
+
+
 def _is_fasta(path: str) -> bool:
   """FASTA (first non-blank line starts with '>') or else a CSV; InputError
-  for an empty file or binary data (NUL bytes or bytes that are not UTF-8
-  text: e.g. an HDF5 file given as input), which is neither."""
+  for an empty file or binary data, which is neither."""
   from protjax.data import readers
   with readers.open_text(path) as f:
     head = f.read(4096)
-  if "\x00" in head or readers.not_utf8(head):
+  if _is_binary(head):
     raise InputError("is binary data, neither a FASTA nor a CSV file", path=path)
   for line in head.splitlines():
     if line.strip():
