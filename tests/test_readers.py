@@ -45,6 +45,33 @@ def test_fasta_gz_by_magic_and_suffix(tmp_path):
   assert plain == gz == nosuffix == [("a", "MKTAYI"), ("b", "QQ")]
 
 
+@pytest.mark.parametrize("damage,fragment", [
+    (lambda g, text: g[:len(g) // 2], "gzip data is truncated"),
+    (lambda g, text: g[:-8] + bytes(b ^ 0xFF for b in g[-8:-4]) + g[-4:], "CRC check failed"),
+    (lambda g, text: text, "named .gz but is not gzip data")])
+def test_damaged_gzip_names_the_file_wherever_read(tmp_path, damage, fragment):
+  texts = {readers.read_fasta: "".join(f">r{i}\nMKTAYIAKQRQISFVKSHFSRQ\n" for i in range(3000)),
+           readers.read_netsurfp_csv: "seq,dssp3\n" + "M K T A,C H H C\n" * 3000}
+  for read, text in texts.items():
+    path = tmp_path / f"{read.__name__}.gz"
+    path.write_bytes(damage(gzip.compress(text.encode()), text.encode()))
+    with pytest.raises(InputError, match=fragment) as e:
+      list(read(path))
+    assert e.value.path == str(path)
+
+
+def test_fasta_non_utf8_bytes(tmp_path):
+  path = tmp_path / "x.fa"
+  path.write_bytes(b">a d\xe9sc\nMK\n>b\xff\nMK\n")
+  it = readers.read_fasta_headers(path)
+  assert next(it) == ("a", "a d\ufffdsc", "MK")  # the description: U+FFFD
+  with pytest.raises(InputError, match="line 3: record id has byte 0xff"):
+    next(it)
+  path.write_bytes(b">a\nM\xffK\n")
+  with pytest.raises(InputError, match="position 2: byte 0xff .not UTF-8 text. is not a residue"):
+    list(readers.read_fasta(path))
+
+
 def test_fasta_streams(tmp_path):
   # The first record is yielded before a later bad record is read.
   it = readers.read_fasta(_write(tmp_path, "x.fa", ">a\nMK\n>b\nM1K\n"))
@@ -54,8 +81,8 @@ def test_fasta_streams(tmp_path):
 
 
 def test_fasta_lowercase_and_trailing_stop_normalised(tmp_path):
-  recs = list(readers.read_fasta(_write(tmp_path, "x.fa", ">a\nmktay\ni*\n>b\nM K T\n")))
-  assert recs == [("a", "MKTAYI"), ("b", "MKT")]
+  recs = list(readers.read_fasta(_write(tmp_path, "x.fa", ">a\nmktay\ni*\n>b\nM K\tT \n")))
+  assert recs == [("a", "MKTAYI"), ("b", "MKT")]  # spaces and tabs in sequence lines: ignored
 
 
 @pytest.mark.parametrize("text,record,position,fragment", [
