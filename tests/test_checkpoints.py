@@ -187,3 +187,40 @@ def test_continue_pretraining_from_another_run(tmp_path):
   assert again.start_step == 8 and data.starts == [3]
   with pytest.raises(InputError, match="no complete checkpoint"):
     _train(tmp_path / "new", 3, init_from=str(tmp_path / "empty"))
+
+
+def _two_steps_newest_damaged(tmp_path):
+  """Steps 1 and 2 of {"w"} (w = step), step 2's params manifest deleted."""
+  ckpt = checkpoints.Checkpointer(tmp_path, checkpoints.CheckpointConfig(
+      save_every=1, async_save=False))
+  for step in (1, 2):
+    ckpt.save(step, {"w": np.full(3, float(step))}, {"c": np.zeros(())}, {"rng": [0, 0]})
+  ckpt.close()
+  (checkpoints.checkpoint_dir(tmp_path) / "2" / "params" / "manifest.ocdbt").unlink()
+
+
+def test_unreadable_step_named_by_restore_params_and_skipped_by_restore_newest(tmp_path):
+  _two_steps_newest_damaged(tmp_path)
+  with pytest.raises(InputError, match=r"step 2 is unreadable \(params/manifest.ocdbt is "
+                     r"missing\); earlier steps: 1"):
+    checkpoints.restore_params(tmp_path)
+  step, params = checkpoints.restore_newest_params(tmp_path)
+  assert step == 1 and params["w"].tolist() == [1.0] * 3
+  # The trainer's resume: step 1 restores, step 2 is moved aside.
+  ckpt = checkpoints.Checkpointer(tmp_path)
+  target = jax.ShapeDtypeStruct((3,), np.float64)
+  step, params, _, meta = ckpt.restore_newest({"w": target}, {"c": jax.ShapeDtypeStruct(
+      (), np.float64)}, set_aside=True)
+  assert step == 1 and meta["step"] == 1 and ckpt.all_steps() == [1]
+  ckpt.close()
+  assert sorted(os.listdir(checkpoints.checkpoint_dir(tmp_path))) == ["1", "2.unreadable"]
+
+
+def test_no_step_restores_renames_nothing(tmp_path):
+  _two_steps_newest_damaged(tmp_path)
+  ckpt = checkpoints.Checkpointer(tmp_path)
+  wrong = {"v": jax.ShapeDtypeStruct((3,), np.float64)}  # another model: nothing fits
+  with pytest.raises(InputError, match="no checkpoint restores: step 2: .*; step 1: "):
+    ckpt.restore_newest(wrong, {"c": jax.ShapeDtypeStruct((), np.float64)}, set_aside=True)
+  ckpt.close()
+  assert sorted(os.listdir(checkpoints.checkpoint_dir(tmp_path))) == ["1", "2"]
