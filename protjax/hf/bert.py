@@ -5,7 +5,9 @@ protjax keeps attention kernels split by head (`[embed, heads, kv]`, biases
 biases `[out]`), so matrices are transposed and reshaped on the way; tables,
 LayerNorms and the other biases map one to one. Nothing here imports torch,
 transformers or jax (the functions take and return nested dicts of
-`np.ndarray`), like `protjax.hf.t5`.
+`np.ndarray`), like `protjax.hf.t5`. The entry builders (`embedding_entries`,
+`layer_entries`, `linear`, `layer_norm`), the array transforms and the
+state-dict loops are public: `protjax.hf.electra` maps the same layers.
 
 Kinds: "encoder" is `BertModel` / `AlbertModel` (keys without a prefix, no
 pooler: protjax has none); "masked_lm" is `BertForMaskedLM` /
@@ -92,7 +94,7 @@ def model_type(config: Any) -> str:
                    f"with share_layers={config.share_layers}: BERT has neither, ALBERT both")
 
 
-def _dims(config: Any) -> dict[str, int]:
+def dims(config: Any) -> dict[str, int]:
   """The sizes the mapping needs, read from a protjax `BertConfig` (duck-typed)."""
   hidden = int(config.hidden_size)
   return dict(vocab=int(config.vocab_size), hidden=hidden,
@@ -108,56 +110,72 @@ def _check_kind(kind: str) -> None:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def _linear(hf: str, path: tuple[str, ...], n_in: int, n_out: int, heads_out: bool = False,
-            heads_in: bool = False):
-  """A Linear's weight and bias entries (transforms: see `_to_hf`)."""
+def linear(hf: str, path: tuple[str, ...], n_in: int, n_out: int, heads_out: bool = False,
+           heads_in: bool = False):
+  """A Linear's weight and bias entries (transforms: see `to_hf_array`)."""
   weight = "linear_in" if heads_out else "linear_out" if heads_in else "transpose"
   yield f"{hf}.weight", path + ("kernel",), weight, (n_out, n_in)
   yield f"{hf}.bias", path + ("bias",), "bias_heads" if heads_out else "copy", (n_out,)
 
 
-def _layer_norm(hf: str, path: tuple[str, ...], n: int):
+def layer_norm(hf: str, path: tuple[str, ...], n: int):
+  """A LayerNorm's weight and bias entries."""
   yield f"{hf}.weight", path + ("scale",), "copy", (n,)
   yield f"{hf}.bias", path + ("bias",), "copy", (n,)
 
 
-def _entries(config: Any, kind: str) -> Iterator[tuple[str, tuple[str, ...], str, tuple[int, ...]]]:
-  """Every tensor: (HF key as `save_pretrained` writes it, protjax path, transform, HF shape)."""
-  _check_kind(kind)
-  family, d = model_type(config), _dims(config)
-  albert = family == "albert"
-  prefix = _PREFIX[family] if kind == MASKED_LM else ""
+def embedding_entries(prefix: str, d: Mapping[str, int]):
+  """The three tables and their LayerNorm (`{prefix}embeddings.*`, protjax `embeddings/`)."""
   emb = ("embeddings",)
   for hf, name, rows in (("word", "word_embeddings", d["vocab"]),
                          ("position", "position_embeddings", d["positions"]),
                          ("token_type", "token_type_embeddings", d["types"])):
     yield f"{prefix}embeddings.{hf}_embeddings.weight", emb + (name, "embedding"), "copy", (
         rows, d["emb"])
-  yield from _layer_norm(f"{prefix}embeddings.LayerNorm", emb + ("layer_norm",), d["emb"])
+  yield from layer_norm(f"{prefix}embeddings.LayerNorm", emb + ("layer_norm",), d["emb"])
+
+
+def layer_entries(hf_layer: str, layer: tuple[str, ...], h: int, m: int, albert: bool = False):
+  """One post-LayerNorm layer (BERT's module names, or ALBERT's shared layer's).
+
+  Args:
+    hf_layer: its HF prefix, e.g. `bert.encoder.layer.3`.
+    layer: its protjax path, e.g. `("encoder", "layers_3")`.
+    h, m: hidden and intermediate sizes.
+  """
+  for sub, names in _LAYER_MODULES.items():
+    hf = f"{hf_layer}.{names[albert]}"
+    if sub[-1].endswith("layer_norm"):
+      yield from layer_norm(hf, layer + sub, h)
+    elif sub[0] == "attention":
+      yield from linear(hf, layer + sub, h, h, heads_out=sub[1] != "out",
+                        heads_in=sub[1] == "out")
+    else:
+      yield from linear(hf, layer + sub, *((h, m) if sub[1] == "wi" else (m, h)))
+
+
+def _entries(config: Any, kind: str) -> Iterator[tuple[str, tuple[str, ...], str, tuple[int, ...]]]:
+  """Every tensor: (HF key as `save_pretrained` writes it, protjax path, transform, HF shape)."""
+  _check_kind(kind)
+  family, d = model_type(config), dims(config)
+  albert = family == "albert"
+  prefix = _PREFIX[family] if kind == MASKED_LM else ""
+  yield from embedding_entries(prefix, d)
   if albert:
-    yield from _linear(f"{prefix}encoder.embedding_hidden_mapping_in", emb + ("projection",),
-                       d["emb"], d["hidden"])
+    yield from linear(f"{prefix}encoder.embedding_hidden_mapping_in",
+                      ("embeddings", "projection"), d["emb"], d["hidden"])
     layers = [(f"{prefix}encoder.albert_layer_groups.0.albert_layers.0",
                ("encoder", "shared_layer"))]
   else:
     layers = [(f"{prefix}encoder.layer.{i}", ("encoder", f"layers_{i}"))
               for i in range(d["layers"])]
-  h, m = d["hidden"], d["mlp"]
   for hf_layer, layer in layers:
-    for sub, names in _LAYER_MODULES.items():
-      hf = f"{hf_layer}.{names[albert]}"
-      if sub[-1].endswith("layer_norm"):
-        yield from _layer_norm(hf, layer + sub, h)
-      elif sub[0] == "attention":
-        yield from _linear(hf, layer + sub, h, h, heads_out=sub[1] != "out",
-                           heads_in=sub[1] == "out")
-      else:
-        yield from _linear(hf, layer + sub, *((h, m) if sub[1] == "wi" else (m, h)))
+    yield from layer_entries(hf_layer, layer, d["hidden"], d["mlp"], albert)
   if kind == MASKED_LM:
     head = _HEAD[family]
     transform = head if albert else f"{head}transform."
-    yield from _linear(f"{transform}dense", ("mlm_head", "dense"), h, d["emb"])
-    yield from _layer_norm(f"{transform}LayerNorm", ("mlm_head", "layer_norm"), d["emb"])
+    yield from linear(f"{transform}dense", ("mlm_head", "dense"), d["hidden"], d["emb"])
+    yield from layer_norm(f"{transform}LayerNorm", ("mlm_head", "layer_norm"), d["emb"])
     yield f"{head}bias", ("mlm_head", "output_bias"), "copy", (d["vocab"],)
 
 
@@ -166,7 +184,7 @@ def expected_hf_shapes(config: Any, kind: str = ENCODER) -> dict[str, tuple[int,
   return {key: shape for key, _, _, shape in _entries(config, kind)}
 
 
-def _to_hf(x: np.ndarray, transform: str, d: dict[str, int]) -> np.ndarray:
+def to_hf_array(x: np.ndarray, transform: str, d: dict[str, int]) -> np.ndarray:
   inner = d["heads"] * d["kv"]
   if transform == "copy":
     return x
@@ -178,10 +196,14 @@ def _to_hf(x: np.ndarray, transform: str, d: dict[str, int]) -> np.ndarray:
     return x.reshape(inner, x.shape[-1]).T
   if transform == "bias_heads":  # [heads, kv] -> [heads*kv]
     return x.reshape(inner)
+  if transform == "row":  # a one-output Linear's kernel [in] -> weight [1, in]
+    return x[None]
+  if transform == "scalar":  # and its bias [] -> [1]
+    return x.reshape(1)
   raise AssertionError(transform)
 
 
-def _from_hf(x: np.ndarray, transform: str, d: dict[str, int]) -> np.ndarray:
+def from_hf_array(x: np.ndarray, transform: str, d: dict[str, int]) -> np.ndarray:
   if transform == "copy":
     return x
   if transform == "transpose":
@@ -192,10 +214,14 @@ def _from_hf(x: np.ndarray, transform: str, d: dict[str, int]) -> np.ndarray:
     return x.T.reshape(d["heads"], d["kv"], x.shape[0])
   if transform == "bias_heads":  # [heads*kv] -> [heads, kv]
     return x.reshape(d["heads"], d["kv"])
+  if transform == "row":
+    return x[0]
+  if transform == "scalar":
+    return x.reshape(())
   raise AssertionError(transform)
 
 
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+def get_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
   node = tree
   for i, name in enumerate(path):
     if not isinstance(node, Mapping) or name not in node:
@@ -204,7 +230,7 @@ def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
   return node
 
 
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+def set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
   for name in path[:-1]:
     tree = tree.setdefault(name, {})
   tree[path[-1]] = value
@@ -230,14 +256,20 @@ def to_hf_state_dict(params: Mapping[str, Any], config: Any, *, kind: Optional[s
     `{hf_key: array}` exactly as `save_pretrained` writes it (no tied decoder).
   """
   kind = kind or params_kind(params)
-  d = _dims(config)
+  return state_from_entries(params, _entries(config, kind), dims(config), dtype)
+
+
+def state_from_entries(params: Mapping[str, Any], entries, d: Mapping[str, int],
+                       dtype: Any = np.float32) -> dict[str, np.ndarray]:
+  """`{hf_key: array}` of `entries` ((key, path, transform, shape), as `_entries`
+  yields them) read from `params`; ValueError naming a missing or misshapen one."""
   out = {}
-  for key, path, transform, shape in _entries(config, kind):
+  for key, path, transform, shape in entries:
     try:
-      x = np.asarray(_get(params, path))
+      x = np.asarray(get_path(params, path))
     except KeyError as e:
       raise ValueError(f"params have no {e.args[0]} (needed for {key})") from None
-    y = _to_hf(x, transform, d)
+    y = to_hf_array(x, transform, d)
     if y.shape != shape:
       raise ValueError(f"params {'/'.join(path)} has shape {x.shape}, which does not give "
                        f"{key} {shape}")
@@ -245,10 +277,9 @@ def to_hf_state_dict(params: Mapping[str, Any], config: Any, *, kind: Optional[s
   return out
 
 
-def _strip_prefix(state: Mapping[str, np.ndarray], family: str,
-                  path: Optional[str]) -> dict[str, np.ndarray]:
-  """Keys of either layout -> the bare-model names (`bert.` / `albert.` removed)."""
-  prefix = _PREFIX[family]
+def strip_prefix(state: Mapping[str, np.ndarray], prefix: str,
+                 path: Optional[str]) -> dict[str, np.ndarray]:
+  """Keys of either layout -> the bare-model names (`prefix`, e.g. `bert.`, removed)."""
   out: dict[str, np.ndarray] = {}
   for key, value in state.items():
     bare = key[len(prefix):] if key.startswith(prefix) else key
@@ -259,23 +290,31 @@ def _strip_prefix(state: Mapping[str, np.ndarray], family: str,
   return out
 
 
+def check_tied(state: Mapping[str, np.ndarray], ties: Mapping[str, tuple[str, tuple[str, ...]]],
+               params: Mapping[str, Any], path: Optional[str], who: str) -> set:
+  """Checks tied aliases (`alias -> (the key it ties to, its protjax path)`) that
+  `state` carries against `params`; returns the aliases used. An alias that
+  differs is an InputError: `who` (the families) require the tie."""
+  used = set()
+  for alias, (target, ppath) in ties.items():
+    if alias not in state:
+      continue
+    tied_to = get_path(params, ppath)
+    if np.shape(state[alias]) != tied_to.shape or not np.array_equal(
+        np.asarray(state[alias], np.float32), tied_to):
+      raise InputError(f"tensor {alias!r} differs from {target!r}: the MLM decoder is not tied, "
+                       f"which {who} require", path=path)
+    used.add(alias)
+  return used
+
+
 def _tied(state: dict, family: str, params: Mapping[str, Any], path: Optional[str]) -> set:
   """Checks the tied decoder aliases against what they tie to; returns the keys used."""
   head = _HEAD[family]
   ties = {f"{head}decoder.weight": ("embeddings.word_embeddings.weight",
                                     ("embeddings", "word_embeddings", "embedding")),
           f"{head}decoder.bias": (f"{head}bias", ("mlm_head", "output_bias"))}
-  used = set()
-  for alias, (target, ppath) in ties.items():
-    if alias not in state:
-      continue
-    tied_to = _get(params, ppath)
-    if np.shape(state[alias]) != tied_to.shape or not np.array_equal(
-        np.asarray(state[alias], np.float32), tied_to):
-      raise InputError(f"tensor {alias!r} differs from {target!r}: the MLM decoder is not tied, "
-                       "which ProtBert / ProtAlbert require", path=path)
-    used.add(alias)
-  return used
+  return check_tied(state, ties, params, path, "ProtBert / ProtAlbert")
 
 
 def from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: Any,
@@ -299,8 +338,8 @@ def from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: Any,
     tied decoder tensor that differs from what it ties to, or an unexpected
     tensor (which this architecture would silently drop).
   """
-  family, d = model_type(config), _dims(config)
-  state = _strip_prefix(state_dict, family, path)
+  family, d = model_type(config), dims(config)
+  state = strip_prefix(state_dict, _PREFIX[family], path)
   head = _HEAD[family]
   has_head = any(k.startswith(head) and not k.startswith(f"{head}decoder.") for k in state)
   if kind is None:
@@ -309,20 +348,8 @@ def from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: Any,
   if f"{head}bias" not in state and f"{head}decoder.bias" in state:
     state[f"{head}bias"] = state[f"{head}decoder.bias"]  # saves that kept only the alias
   prefix = _PREFIX[family] if kind == MASKED_LM else ""
-  params: dict[str, Any] = {}
-  used = set(_IGNORED[family])
-  for key, ppath, transform, shape in _entries(config, kind):
-    key = key[len(prefix):] if key.startswith(prefix) else key
-    if key not in state:
-      raise InputError(f"missing tensor {key!r} (expected shape {list(shape)})", path=path)
-    x = np.asarray(state[key])
-    if tuple(x.shape) != shape:
-      raise InputError(f"tensor {key!r} has shape {list(x.shape)}, expected {list(shape)} "
-                       "from config.json", path=path)
-    if not np.issubdtype(x.dtype, np.floating):
-      raise InputError(f"tensor {key!r} has dtype {x.dtype}, expected a float type", path=path)
-    _set(params, ppath, np.ascontiguousarray(_from_hf(x.astype(np.float32), transform, d)))
-    used.add(key)
+  params, used = params_from_entries(state, _entries(config, kind), d, prefix=prefix, path=path)
+  used |= set(_IGNORED[family])
   if kind == MASKED_LM:
     used |= _tied(state, family, params, path)
   for key in sorted(state):
@@ -332,6 +359,34 @@ def from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: Any,
                      f"{'masked-LM' if kind == MASKED_LM else 'encoder'} model of this config",
                      path=path)
   return params
+
+
+def params_from_entries(state: Mapping[str, np.ndarray], entries, d: Mapping[str, int], *,
+                        prefix: str = "", path: Optional[str] = None
+                        ) -> tuple[dict[str, Any], set[str]]:
+  """protjax params (float32) from the tensors `entries` name, and the keys used.
+
+  `state` has its keys without `prefix` (which the entries' keys may carry).
+  Raises InputError naming the key: a missing tensor, a wrong shape, a
+  non-float dtype.
+  """
+  params: dict[str, Any] = {}
+  used = set()
+  for key, ppath, transform, shape in entries:
+    key = key[len(prefix):] if prefix and key.startswith(prefix) else key
+    if key not in state:
+      raise InputError(f"missing tensor {key!r} (expected shape {list(shape)})", path=path)
+    x = np.asarray(state[key])
+    if tuple(x.shape) != shape:
+      raise InputError(f"tensor {key!r} has shape {list(x.shape)}, expected {list(shape)} "
+                       "from config.json", path=path)
+    if not np.issubdtype(x.dtype, np.floating):
+      raise InputError(f"tensor {key!r} has dtype {x.dtype}, expected a float type", path=path)
+    # asarray(order="C"), not ascontiguousarray, which makes a 0-d array 1-d.
+    set_path(params, ppath, np.asarray(from_hf_array(x.astype(np.float32), transform, d),
+                                       order="C"))
+    used.add(key)
+  return params, used
 
 
 # --- config.json ------------------------------------------------------------
@@ -375,7 +430,7 @@ def hf_config(config: Any, kind: str = ENCODER, dtype: str = "float32") -> dict[
   return dict(sorted(common.items()))
 
 
-def _require(hf: Mapping[str, Any], key: str, want: Any, default: Any, path: Optional[str],
+def require(hf: Mapping[str, Any], key: str, want: Any, default: Any, path: Optional[str],
              why: str) -> None:
   value = hf.get(key, default)
   if value != want:
@@ -403,45 +458,44 @@ def hf_model_type(hf: Mapping[str, Any], *, path: Optional[str] = None) -> str:
   return family
 
 
-def config_fields_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None
-                          ) -> dict[str, Any]:
-  """Validated protjax `BertConfig` fields from a Hugging Face config.json dict.
+def hf_size(hf: Mapping[str, Any], key: str, default: Any = None, *,
+            path: Optional[str] = None) -> int:
+  """config.json's positive integer `key`; InputError naming it otherwise."""
+  value = hf.get(key, default)
+  if value is None:
+    raise InputError(f"config key {key!r} is missing", path=path)
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise InputError(f"config key {key!r} must be a positive integer, got {value!r}", path=path)
+  return value
 
-  Raises:
-    InputError naming the offending key: a model type other than bert/albert,
-    a missing or non-positive size, an unsupported activation, relative
-    position embeddings, a decoder, an untied MLM decoder, or ALBERT layer
-    groups other than one shared layer.
+
+def hf_number(hf: Mapping[str, Any], key: str, default: float, *,
+              path: Optional[str] = None) -> float:
+  """config.json's non-negative number `key`; InputError naming it otherwise."""
+  value = hf.get(key, default)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    raise InputError(f"config key {key!r} must be a non-negative number, got {value!r}",
+                     path=path)
+  return float(value)
+
+
+def encoder_fields_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None,
+                           act: str = "gelu", dropout: float = 0.1) -> dict[str, Any]:
+  """The fields every BERT-shaped protjax config has (BERT, ALBERT, ELECTRA), validated.
+
+  `act` and `dropout` are the architecture's defaults for an absent
+  `hidden_act` / `hidden_dropout_prob`.
   """
-  albert = hf_model_type(hf, path=path) == "albert"
-
-  def size(key: str, default: Any = None) -> int:
-    value = hf.get(key, default)
-    if value is None:
-      raise InputError(f"config key {key!r} is missing", path=path)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-      raise InputError(f"config key {key!r} must be a positive integer, got {value!r}", path=path)
-    return value
-
-  def number(key: str, default: float) -> float:
-    value = hf.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-      raise InputError(f"config key {key!r} must be a non-negative number, got {value!r}",
-                       path=path)
-    return float(value)
-
-  _require(hf, "position_embedding_type", "absolute", "absolute", path,
-           "learned absolute positions")
-  _require(hf, "is_decoder", False, False, path, "a bidirectional encoder")
-  _require(hf, "add_cross_attention", False, False, path, "no cross-attention")
-  _require(hf, "tie_word_embeddings", True, True, path, "the MLM decoder is the word embedding")
-  if albert:
-    _require(hf, "num_hidden_groups", 1, 1, path, "one shared layer")
-    _require(hf, "inner_group_num", 1, 1, path, "one shared layer")
-  act = hf.get("hidden_act", "gelu_new" if albert else "gelu")
+  require(hf, "position_embedding_type", "absolute", "absolute", path,
+          "learned absolute positions")
+  require(hf, "is_decoder", False, False, path, "a bidirectional encoder")
+  require(hf, "add_cross_attention", False, False, path, "no cross-attention")
+  require(hf, "tie_word_embeddings", True, True, path, "the MLM decoder is the word embedding")
+  act = hf.get("hidden_act", act)
   if act not in ACTIVATIONS:
     raise InputError(f"config key 'hidden_act' is {act!r}, protjax supports {ACTIVATIONS}",
                      path=path)
+  size = lambda key, default=None: hf_size(hf, key, default, path=path)
   hidden, heads = size("hidden_size"), size("num_attention_heads")
   if hidden % heads:
     raise InputError(f"config key 'num_attention_heads' ({heads}) does not divide "
@@ -454,13 +508,31 @@ def config_fields_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None
       intermediate_size=size("intermediate_size"),
       max_position_embeddings=size("max_position_embeddings"),
       type_vocab_size=size("type_vocab_size", 2),
-      embedding_size=size("embedding_size") if albert else None,
-      share_layers=albert,
       hidden_act=act,
-      layer_norm_epsilon=number("layer_norm_eps", 1e-12),
-      dropout_rate=number("hidden_dropout_prob", 0.0 if albert else 0.1),
-      initializer_range=number("initializer_range", 0.02),
+      layer_norm_epsilon=hf_number(hf, "layer_norm_eps", 1e-12, path=path),
+      dropout_rate=hf_number(hf, "hidden_dropout_prob", dropout, path=path),
+      initializer_range=hf_number(hf, "initializer_range", 0.02, path=path),
   )
+
+
+def config_fields_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None
+                          ) -> dict[str, Any]:
+  """Validated protjax `BertConfig` fields from a Hugging Face config.json dict.
+
+  Raises:
+    InputError naming the offending key: a model type other than bert/albert,
+    a missing or non-positive size, an unsupported activation, relative
+    position embeddings, a decoder, an untied MLM decoder, or ALBERT layer
+    groups other than one shared layer.
+  """
+  albert = hf_model_type(hf, path=path) == "albert"
+  if albert:
+    require(hf, "num_hidden_groups", 1, 1, path, "one shared layer")
+    require(hf, "inner_group_num", 1, 1, path, "one shared layer")
+  fields = encoder_fields_from_hf(hf, path=path, act="gelu_new" if albert else "gelu",
+                                  dropout=0.0 if albert else 0.1)
+  return dict(fields, embedding_size=hf_size(hf, "embedding_size", path=path) if albert else None,
+              share_layers=albert)
 
 
 def config_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None):

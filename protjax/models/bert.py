@@ -185,7 +185,7 @@ def get_config(name: str, **overrides) -> BertConfig:
 _RESIDUAL = (axes.BATCH, axes.LENGTH, axes.ACT_EMBED)
 
 
-def _activation(name: str):
+def activation(name: str):
   """HF's ACT2FN: "gelu" is the exact erf form, "gelu_new" the tanh approximation."""
   return {"gelu": lambda x: jax.nn.gelu(x, approximate=False),
           "gelu_new": lambda x: jax.nn.gelu(x, approximate=True)}[name]
@@ -195,16 +195,24 @@ def _init(cfg: BertConfig):
   return nn.initializers.normal(stddev=cfg.initializer_range)
 
 
-def _dense(cfg: BertConfig, features, kernel_axes, name: Optional[str] = None
-           ) -> layers.DenseGeneral:
+def dense(cfg: BertConfig, features, kernel_axes, name: Optional[str] = None
+          ) -> layers.DenseGeneral:
   """A biased BERT dense layer, initialised normal(initializer_range)."""
   return layers.DenseGeneral(features, kernel_axes=kernel_axes, dtype=cfg.compute_dtype,
                              kernel_init=_init(cfg), use_bias=True, name=name)
 
 
 class BertEmbeddings(nn.Module):
-  """Word + position + token-type (0) embeddings, LayerNorm, dropout (ALBERT: projection)."""
+  """Word + position + token-type (0) embeddings, LayerNorm, dropout (ALBERT: projection).
+
+  Attributes:
+    config: the tables are `config.embedding_width` wide.
+    project: ALBERT's projection to the hidden size, inside this module (its
+      `projection` subtree). ELECTRA's generator and discriminator share the
+      tables but not a width, so each projects for itself (False).
+  """
   config: BertConfig
+  project: bool = True
 
   def setup(self):
     cfg = self.config
@@ -217,8 +225,8 @@ class BertEmbeddings(nn.Module):
     self.layer_norm = layers.LayerNorm(cfg.layer_norm_epsilon, cfg.compute_dtype,
                                        axis_name=axes.TOKEN_EMBED)
     self.dropout = layers.Dropout(rate=cfg.dropout_rate)
-    if cfg.embedding_size is not None:
-      self.projection = _dense(cfg, cfg.hidden_size, (axes.TOKEN_EMBED, axes.EMBED))
+    if cfg.embedding_size is not None and self.project:
+      self.projection = dense(cfg, cfg.hidden_size, (axes.TOKEN_EMBED, axes.EMBED))
 
   def __call__(self, tokens, positions, *, deterministic=True):
     """`[batch, length]` ids, `[batch|1, length]` positions -> `[batch, length, hidden]`."""
@@ -228,7 +236,7 @@ class BertEmbeddings(nn.Module):
     x = x + self.position_embeddings(positions)
     x = layers.with_sharding_constraint(x, _RESIDUAL)
     x = self.dropout(self.layer_norm(x), deterministic=deterministic)
-    if self.config.embedding_size is not None:
+    if self.config.embedding_size is not None and self.project:
       x = self.projection(x)
     return layers.with_sharding_constraint(x, _RESIDUAL)
 
@@ -244,10 +252,10 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    h = _dense(cfg, cfg.intermediate_size, (axes.EMBED, axes.MLP), "wi")(x)
-    h = _activation(cfg.hidden_act)(h)
+    h = dense(cfg, cfg.intermediate_size, (axes.EMBED, axes.MLP), "wi")(x)
+    h = activation(cfg.hidden_act)(h)
     h = layers.with_sharding_constraint(h, (axes.BATCH, axes.LENGTH, axes.ACT_MLP))
-    return _dense(cfg, cfg.hidden_size, (axes.MLP, axes.EMBED), "wo")(h)
+    return dense(cfg, cfg.hidden_size, (axes.MLP, axes.EMBED), "wo")(h)
 
 
 class EncoderLayer(nn.Module):
@@ -295,12 +303,15 @@ class MlmHead(nn.Module):
   """dense -> act -> LayerNorm -> tied decoder + output bias: float32 `[batch, length, vocab]`."""
   config: BertConfig
   embeddings: nn.Module  # the BertEmbeddings whose word table is the decoder
+  # None: the config's `hidden_act`. ELECTRA's generator head is exact GELU
+  # whatever its layers use (HF's ElectraGeneratorPredictions).
+  hidden_act: Optional[str] = None
 
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    h = _dense(cfg, cfg.embedding_width, (axes.EMBED, axes.TOKEN_EMBED), "dense")(x)
-    h = _activation(cfg.hidden_act)(h)
+    h = dense(cfg, cfg.embedding_width, (axes.EMBED, axes.TOKEN_EMBED), "dense")(x)
+    h = activation(self.hidden_act or cfg.hidden_act)(h)
     h = layers.LayerNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, axis_name=axes.TOKEN_EMBED,
                          name="layer_norm")(h)
     bias = layers.param_with_axes("output_bias", nn.initializers.zeros, (cfg.vocab_size,),
@@ -317,11 +328,19 @@ def _check_length(cfg: BertConfig, tokens) -> None:
                      f"{cfg.max_position_embeddings} position embeddings")
 
 
-def _encode(embeddings, encoder, cfg, tokens, segment_ids, positions, deterministic):
-  """The shared forward of both modules: ids -> last hidden state (compute dtype)."""
+def encode(embeddings, encoder, cfg, tokens, segment_ids, positions, deterministic,
+           project=None):
+  """The shared forward of every encoder: ids -> last hidden state (compute dtype).
+
+  `project`: a `[..., E] -> [..., hidden]` dense applied to the embeddings
+  when they are not projected inside `embeddings` (ELECTRA's two models
+  share one table, each projecting to its own width).
+  """
   _check_length(cfg, tokens)
   pos = attn_lib.positions_or_arange(tokens.shape[1], positions)
   x = embeddings(tokens, pos, deterministic=deterministic)
+  if project is not None:
+    x = project(x)
   return encoder(x, attn_lib.token_segments(tokens, segment_ids), deterministic=deterministic)
 
 
@@ -339,8 +358,8 @@ class BertEncoder(nn.Module):
     Packed rows give `segment_ids` (0 = padding) and `positions` restarting
     at 0 per protein; otherwise positions are 0..length-1.
     """
-    return _encode(self.embeddings, self.encoder, self.config, tokens, segment_ids, positions,
-                   deterministic)
+    return encode(self.embeddings, self.encoder, self.config, tokens, segment_ids, positions,
+                  deterministic)
 
 
 class BertForMaskedLM(nn.Module):
@@ -354,8 +373,8 @@ class BertForMaskedLM(nn.Module):
 
   def encode(self, tokens, segment_ids=None, positions=None, *, deterministic=True):
     """Last hidden state `[batch, length, hidden]` (compute dtype), as `BertEncoder`."""
-    return _encode(self.embeddings, self.encoder, self.config, tokens, segment_ids, positions,
-                   deterministic)
+    return encode(self.embeddings, self.encoder, self.config, tokens, segment_ids, positions,
+                  deterministic)
 
   def __call__(self, tokens, segment_ids=None, positions=None, *, deterministic=True,
                return_hidden=False):
