@@ -41,6 +41,7 @@ from protjax.hf import SAFETENSORS_FILE
 from protjax.hf import read_json as _read_json
 
 ENCODER = "encoder"
+GENERATOR = "generator"  # ProtElectra's other model (`--generator`)
 CONFIG_FILE = "config.json"
 PARAMS_SUBDIR = "params"
 EXPORT_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -122,15 +123,8 @@ def _family_named(name: Any, *, path: str):
 
 
 def _select(params: Mapping[str, Any], family, kind: str) -> dict[str, Any]:
-  """The subtrees a `kind` export holds: the encoder's, or the whole tree."""
-  if kind not in family.kinds:
-    raise InputError(f"a {family.name} export is one of {family.kinds}, not {kind!r}")
-  if kind == ENCODER:
-    return family.encoder_params(params)
-  encoder = family.encoder_params(params)
-  if sorted(params) == sorted(encoder):
-    raise InputError(f"{kind!r} asked for, but the params hold the encoder only")
-  return dict(params)
+  """The subtrees a `kind` export holds (`registry.Family.kind_params`)."""
+  return family.kind_params(params, kind)
 
 
 def _vocabulary_from_dict(meta: Mapping[str, Any], family, *, path: str):
@@ -238,8 +232,10 @@ def export_hf(params: Any, config: Any, directory: str | os.PathLike, dtype: str
     directory: output directory.
     dtype: "float32" or "float16" (weights rounded to half, like the released
       `prot_t5_xl_half_uniref50-enc`).
-    kind: "encoder" (`T5EncoderModel`, `BertModel`, `AlbertModel`) or the
-      family's full kind (`T5ForConditionalGeneration`, `BertForMaskedLM`, ...).
+    kind: "encoder" (`T5EncoderModel`, `BertModel`, `AlbertModel`,
+      `ElectraModel`), the family's full kind (`T5ForConditionalGeneration`,
+      `BertForMaskedLM`, `ElectraForPreTraining`, ...), or another of its
+      kinds (ProtElectra's "generator", `ElectraForMaskedLM`).
     tokenizer: also write the tokenizer files.
     vocabulary: the model's vocabulary (default: the family's released one).
   """
@@ -423,12 +419,12 @@ def load_model(directory: str | os.PathLike, kind: Optional[str] = None,
 def _export_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="protjax-export",
-      description="Export a model of any family (ProtT5, ProtBert, ProtAlbert): its "
-      "encoder as an encoder-only protjax params checkpoint (what protjax-embed loads), "
-      "or a Hugging Face directory (config.json, model.safetensors, tokenizer files) "
-      "loadable with transformers (T5EncoderModel, BertModel, AlbertModel, ... and "
-      "AutoTokenizer). The output is written to a temporary directory and renamed when "
-      "complete.")
+      description="Export a model of any family (ProtT5, ProtBert, ProtAlbert, "
+      "ProtElectra): its encoder as an encoder-only protjax params checkpoint (what "
+      "protjax-embed loads), or a Hugging Face directory (config.json, model.safetensors, "
+      "tokenizer files) loadable with transformers (T5EncoderModel, BertModel, "
+      "AlbertModel, ElectraModel, ... and AutoTokenizer). The output is written to a "
+      "temporary directory and renamed when complete.")
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--model_dir", help="training run directory (checkpoints/ and "
                    "model_config.json, as written by protjax-train)")
@@ -443,10 +439,16 @@ def _export_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=sorted(EXPORT_DTYPES), default="float32",
                  help="--format hf: weight dtype; float16 halves the size like the released "
                  "prot_t5_xl_half_uniref50-enc (default: %(default)s)")
-  p.add_argument("--full", action="store_true",
-                 help="export the whole pretrained model with its head (ProtT5: the "
-                 "decoder, T5ForConditionalGeneration; ProtBert/ProtAlbert: the MLM head, "
-                 "BertForMaskedLM/AlbertForMaskedLM) instead of the encoder only")
+  what = p.add_mutually_exclusive_group()
+  what.add_argument("--full", action="store_true",
+                    help="export the whole pretrained model with its head (ProtT5: the "
+                    "decoder, T5ForConditionalGeneration; ProtBert/ProtAlbert: the MLM head, "
+                    "BertForMaskedLM/AlbertForMaskedLM; ProtElectra: the discriminator with "
+                    "its replaced-token head, ElectraForPreTraining) instead of the encoder "
+                    "only")
+  what.add_argument("--generator", action="store_true",
+                    help="ProtElectra: export the generator (ElectraForMaskedLM, with the "
+                    "shared embeddings) instead of the discriminator's encoder")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
   return p
 
@@ -464,6 +466,11 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
   else:
     loaded = load_params_checkpoint(args.params_checkpoint)
   kind = loaded.family.full_kind if args.full else ENCODER
+  if args.generator:
+    if GENERATOR not in loaded.family.kinds:
+      raise InputError(f"--generator: a {loaded.family.name} model has no generator (only "
+                       "ProtElectra trains one)")
+    kind = GENERATOR
   if args.format == "hf":
     out = export_hf(loaded.params, loaded.config, args.output, args.dtype, kind=kind,
                     overwrite=args.overwrite, vocabulary=loaded.vocabulary)
@@ -480,9 +487,11 @@ def _import_parser() -> argparse.ArgumentParser:
       prog="protjax-import",
       description="Import a Hugging Face directory (ProtT5: T5ForConditionalGeneration or "
       "T5EncoderModel; ProtBert/ProtAlbert: BertModel, BertForMaskedLM, AlbertModel, "
-      "AlbertForMaskedLM; config.json + model.safetensors, never pickle; the family is "
-      "detected, the vocabulary read from vocab.txt / tokenizer.json) as a protjax params "
-      "checkpoint, to embed with or to continue pretraining from the released weights.")
+      "AlbertForMaskedLM; ProtElectra: ElectraModel, ElectraForPreTraining, "
+      "ElectraForMaskedLM (the generator); config.json + model.safetensors, never pickle; "
+      "the family is detected, the vocabulary read from vocab.txt / tokenizer.json) as a "
+      "protjax params checkpoint, to embed with or to continue pretraining from the "
+      "released weights.")
   p.add_argument("hf_dir", help="Hugging Face model directory")
   p.add_argument("out_dir", help="output params checkpoint directory (must not exist)")
   p.add_argument("--encoder_only", action="store_true",

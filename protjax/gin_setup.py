@@ -41,9 +41,15 @@ MODULES = (
 _registered: set[str] = set()
 
 
+def _modules() -> tuple[str, ...]:
+  """MODULES and every registered family's model module (a new family needs no line here)."""
+  from protjax.models import registry  # pylint: disable=import-outside-toplevel
+  return tuple(dict.fromkeys(MODULES + tuple(f.model_module for f in registry.FAMILIES.values())))
+
+
 def register_all() -> None:
   """Registers every module's GIN_CONFIGURABLES with gin (idempotent)."""
-  for name in MODULES:
+  for name in _modules():
     try:
       if importlib.util.find_spec(name) is None:
         continue

@@ -22,7 +22,9 @@ FASTA = str(pathlib.Path(__file__).parent / "fixtures" / "data" / "pretrain_smal
 # Tiny and shallow (short compiles), 4 heads so attention splits 4 ways.
 TINY = {"prott5": dict(num_heads=4, num_encoder_layers=1, num_decoder_layers=1),
         "protbert": dict(num_heads=4, num_layers=1),
-        "protalbert": dict(num_heads=4, num_layers=2)}
+        "protalbert": dict(num_heads=4, num_layers=2),
+        "protelectra": dict(num_heads=4, num_layers=1, generator_num_heads=4,
+                            generator_num_layers=1)}
 
 
 def tiny_model(family: str, **overrides):
@@ -112,12 +114,16 @@ def _paper_specs(family: str, size: str, rules: str, mesh_shape):
     ("protbert", "paper", 32, "fsdp+tp"),
     ("protalbert", "paper", 8, "tp"),
     ("protalbert", "paper", 32, "tp"),
+    ("protelectra", "paper", 8, "tp"),
+    ("protelectra", "paper", 32, "fsdp+tp"),
 ])
 def test_paper_sizes_split_every_large_weight(family, size, model_parallel, rules):
   """Every parameter of more than a million elements is split at least
   `model_parallel` ways on a (32, model_parallel) mesh of a real pod's size.
   ProtBert's 16 heads cannot split 32 ways over `model`: at 32-way its
-  attention goes over `data` too (fsdp+tp), a rules change, not a model one."""
+  attention goes over `data` too (fsdp+tp), a rules change, not a model one.
+  ProtElectra's discriminator is ProtBert's; its generator has no weight that
+  large (the tables it reads are the discriminator's)."""
   params, specs = _paper_specs(family, size, rules, (32, model_parallel))
   sizes = {"data": 32, "model": model_parallel}
   leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))

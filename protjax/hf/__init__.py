@@ -1,7 +1,7 @@
 """Hugging Face interop: one small weight-mapping module per family, one interface.
 
-Each family's module (`protjax.hf.t5`, `protjax.hf.bert`, named by
-`registry.Family.hf_module`) is pure numpy (no torch, no jax) and provides:
+Each family's module (`protjax.hf.t5`, `protjax.hf.bert`, `protjax.hf.electra`,
+named by `registry.Family.hf_module`) is pure numpy (no torch, no jax) and provides:
 
   MODEL_TYPES                       config.json `model_type`s it reads
   family_of(hf) -> str              the protjax family of a config.json dict
@@ -34,7 +34,6 @@ from protjax.errors import InputError
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
-MAPPING_MODULES = ("protjax.hf.t5", "protjax.hf.bert")
 
 
 def read_json(path: str) -> dict:
@@ -51,13 +50,22 @@ def read_json(path: str) -> dict:
   return obj
 
 
+def mapping_modules() -> list:
+  """The registered families' mapping modules (`registry.Family.hf_module`), once each."""
+  from protjax.models import registry  # light: no jax until a model is built
+  names = dict.fromkeys(f.hf_module for f in registry.FAMILIES.values() if f.hf_module)
+  return [importlib.import_module(name) for name in names]
+
+
 def model_type(hf: dict) -> Optional[str]:
   """config.json's `model_type`; configs older than that key (the released
   ProtBert's) name it by their architecture, e.g. `BertForMaskedLM` -> "bert"."""
   if hf.get("model_type"):
     return hf["model_type"]
+  # Longest first: "albert" is not read as "bert".
+  known = sorted((t for m in mapping_modules() for t in m.MODEL_TYPES), key=len, reverse=True)
   for architecture in hf.get("architectures") or ():
-    for prefix in ("albert", "bert", "t5"):
+    for prefix in known:
       if str(architecture).lower().startswith(prefix):
         return prefix
   return None
@@ -66,11 +74,10 @@ def model_type(hf: dict) -> Optional[str]:
 def mapping_for(hf: dict, *, path: Optional[str] = None):
   """The family mapping module that reads this config.json (by its model type)."""
   model_type_ = model_type(hf)
-  for name in MAPPING_MODULES:
-    module = importlib.import_module(name)
+  for module in mapping_modules():
     if model_type_ in module.MODEL_TYPES:
       return module
-  known = sorted(t for name in MAPPING_MODULES for t in importlib.import_module(name).MODEL_TYPES)
+  known = sorted(t for module in mapping_modules() for t in module.MODEL_TYPES)
   raise InputError(f"config key 'model_type' is {model_type_!r}; protjax reads {known}",
                    path=path)
 

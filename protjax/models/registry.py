@@ -8,9 +8,10 @@ its framing tokens, and the Hugging Face weight mapping (`protjax.hf.<name>`).
 A `Family` holds exactly those, so the code after the model has no
 `if family == ...`.
 
-Adding a family (ELECTRA RTD, Transformer-XL, XLNet, ...) = one model module,
-one objective, one `protjax.hf` mapping module, gin files, and one entry in
-`FAMILIES`.
+Adding a family (Transformer-XL, XLNet, ...) = one model module, one
+objective, one `protjax.hf` mapping module, gin files, and one entry in
+`FAMILIES` (the `protjax.hf` reader and the gin registration find the modules
+here).
 """
 from __future__ import annotations
 
@@ -78,8 +79,11 @@ class Family:
     objective: the pretraining objective (`protjax.data.preprocessors`) its
       tasks are named after: `{corpus}_{objective}`.
     full_kind: what an export with the pretraining head is called
-      ("encoder_decoder": ProtT5's decoder; "masked_lm": BERT's MLM head);
-      the encoder alone is always "encoder".
+      ("encoder_decoder": ProtT5's decoder; "masked_lm": BERT's MLM head;
+      "discriminator": ELECTRA's discriminator with its head); the encoder
+      alone is always "encoder".
+    extra_kinds: further exports of the training tree (ELECTRA: "generator");
+      the model module's `kind_params(params, kind)` selects their subtrees.
     vocabulary: () -> the released vocabulary (`tokenizer.TokenListVocabulary`),
       used when a model directory carries none.
     make_model: config -> the trainer Model.
@@ -99,10 +103,11 @@ class Family:
   owns: Callable[[Any], bool] = lambda config: True
   hf_module: str = ""
   layer_embedded: str = "the last hidden state"
+  extra_kinds: tuple[str, ...] = ()
 
   @property
-  def kinds(self) -> tuple[str, str]:
-    return (ENCODER, self.full_kind)
+  def kinds(self) -> tuple[str, ...]:
+    return (ENCODER, self.full_kind) + self.extra_kinds
 
   def module(self):
     return importlib.import_module(self.model_module)
@@ -138,6 +143,24 @@ class Family:
     """The encoder's subtrees of a full (training) parameter tree."""
     return self.module().encoder_params(params)
 
+  def kind_params(self, params: Mapping[str, Any], kind: str) -> dict:
+    """The subtrees a `kind` model holds, from a tree holding at least them.
+
+    "encoder": `encoder_params`; the full kind: the whole tree, unless the
+    model module selects (`kind_params`: ELECTRA's training tree holds two
+    models, each export one). InputError when the tree lacks them.
+    """
+    if kind not in self.kinds:
+      raise InputError(f"a {self.name} export is one of {self.kinds}, not {kind!r}")
+    if kind == ENCODER:
+      return self.encoder_params(params)
+    select = getattr(self.module(), "kind_params", None)
+    if select is not None:
+      return select(params, kind)
+    if sorted(params) == sorted(self.encoder_params(params)):
+      raise InputError(f"{kind!r} asked for, but the params hold the encoder only")
+    return dict(params)
+
 
 def _prott5_model(config):
   from protjax.models import t5  # pylint: disable=import-outside-toplevel
@@ -151,6 +174,11 @@ def _bert_model(family: str):
     model.family = family
     return model
   return make
+
+
+def _electra_model(config):
+  from protjax.models import electra  # pylint: disable=import-outside-toplevel
+  return electra.ElectraRTDModel(config)
 
 
 def _prott5_vocabulary():
@@ -183,6 +211,13 @@ FAMILIES: Mapping[str, Family] = {
         vocabulary=_protbert_vocabulary, make_model=_bert_model("protalbert"),
         owns=lambda config: config.share_layers, hf_module="protjax.hf.bert",
         layer_embedded="the last (shared) encoder layer's output (no MLM head)"),
+    "protelectra": Family(
+        name="protelectra", model_module="protjax.models.electra",
+        config_class="ElectraConfig", encoder_class="ElectraEncoder", objective="electra",
+        full_kind="discriminator", extra_kinds=("generator",),
+        vocabulary=_protbert_vocabulary, make_model=_electra_model,
+        hf_module="protjax.hf.electra",
+        layer_embedded="the discriminator's last encoder layer output (no head)"),
 }
 
 
@@ -207,7 +242,8 @@ def get_model(family: str = "prott5", config: Any = None):
 
   Args:
     family: one of FAMILIES.
-    config: the family's config dataclass (gin: `@T5Config()`, `@BertConfig()`),
+    config: the family's config dataclass (gin: `@T5Config()`, `@BertConfig()`,
+      `@ElectraConfig()`),
       or a size name ("tiny", "xl", ...), or None for the family's tiny size.
   """
   fam = get_family(family)
