@@ -2,8 +2,9 @@
 
 Three formats, the same for every family (`protjax.models.registry`):
 - protjax *params checkpoint*: a directory with `config.json` (the family's
-  config fields plus `"family"`, `"kind"` — "encoder" or the family's full
-  kind, e.g. "encoder_decoder" for ProtT5, "masked_lm" for ProtBert — and
+  config fields plus `"family"`, `"kind"` — "encoder", the family's full
+  kind, e.g. "encoder_decoder" for ProtT5, "masked_lm" for ProtBert,
+  "discriminator" for ProtElectra, or ProtElectra's "generator" — and
   `"vocabulary"`, the token list and framing tokens) and `params/`, an orbax
   checkpoint of `{'params': params}`. The embedder loads it; `protjax-import`
   writes it.
