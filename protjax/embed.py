@@ -216,7 +216,7 @@ def validate_records(records: Iterable[tuple[str, str]], *, max_length: int,
   Raises:
     InputError naming the file and record: empty sequence, longer than
     `max_length`, a character that is not one of the 25 ProtT5 residue letters,
-    or a duplicate id (ids name the HDF5 datasets).
+    a duplicate id, or two ids that name one HDF5 dataset (`a/b` and `a_b`).
   """
   out, seen = [], set()
   for rec_id, seq in records:
@@ -234,6 +234,9 @@ def validate_records(records: Iterable[tuple[str, str]], *, max_length: int,
       raise InputError("duplicate id", path=path, record=rec_id)
     seen.add(rec_id)
     out.append((rec_id, seq))
+  # Two ids that would share an HDF5 dataset name: refused before any output.
+  from protjax import embeddings_io  # pylint: disable=import-outside-toplevel
+  embeddings_io.check_ids(seen, source=path)
   return out
 
 

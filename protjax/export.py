@@ -26,18 +26,16 @@ CLIs: `protjax-export` (`export_main`) and `protjax-import` (`import_main`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from protjax.errors import InputError, cli_main
+from protjax.files import atomic_directory, default_mode
 from protjax.hf import SAFETENSORS_FILE
 from protjax.hf import read_json as _read_json
 
@@ -46,37 +44,6 @@ GENERATOR = "generator"  # ProtElectra's other model (`--generator`)
 CONFIG_FILE = "config.json"
 PARAMS_SUBDIR = "params"
 EXPORT_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-# --- atomic directories ------------------------------------------------------
-@contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -> Iterator[str]:
-  """Yields a fresh temporary sibling of `directory`; renamed to it on success.
-
-  On an exception the temporary directory is removed and `directory` is left
-  as it was. With `overwrite=True` an existing `directory` is replaced (moved
-  aside first, deleted once the new one is in place); otherwise it is an error.
-  """
-  directory = os.path.abspath(os.fspath(directory))
-  if os.path.lexists(directory) and not overwrite:
-    raise InputError("output directory exists (pass overwrite=True / --overwrite to replace it)",
-                     path=directory)
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
-  try:
-    yield tmp
-    old = None
-    if os.path.lexists(directory):
-      old = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".old-", dir=parent)
-      os.rmdir(old)
-      os.rename(directory, old)
-    os.rename(tmp, directory)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -254,6 +221,7 @@ def export_hf(params: Any, config: Any, directory: str | os.PathLike, dtype: str
     _write_json(os.path.join(tmp, CONFIG_FILE), mapping.hf_config(config, kind, dtype))
     # format=pt: transformers refuses safetensors files without it.
     save_file(state, os.path.join(tmp, SAFETENSORS_FILE), metadata={"format": "pt"})
+    os.chmod(os.path.join(tmp, SAFETENSORS_FILE), default_mode())  # safetensors: 0600
     if tokenizer:
       write_tokenizer(tmp, family, vocabulary or family.vocabulary())
   return os.path.abspath(os.fspath(directory))

@@ -223,6 +223,9 @@ def test_validate_records_names_record_and_problem(seq, problem):
 def test_validate_records_rejects_duplicates():
   with pytest.raises(InputError, match="duplicate"):
     embed.validate_records([("a", "ACD"), ("a", "ACD")], max_length=10)
+  # Ids that would share one HDF5 dataset name are refused before any output.
+  with pytest.raises(InputError, match="same HDF5 dataset name"):
+    embed.validate_records([("a/b", "ACD"), ("a_b", "ACD")], max_length=10)
 
 
 # --------------------------------------------------------------------------

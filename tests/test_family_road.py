@@ -29,13 +29,14 @@ def rel_error(a, b):
                / np.linalg.norm(np.asarray(b, np.float64)))
 
 
-def cli(entry_point, *args, timeout=120):
+def cli(entry_point, *args, timeout=120, umask=None):
   """A console script (`module:function`, as setup.py names it) in a subprocess,
   as a user runs it: (exit code, stdout, stderr)."""
   module, function = entry_point.split(":")
   proc = subprocess.run([sys.executable, "-c", f"import sys; from {module} import {function}; "
                          f"sys.argv[0] = 'protjax'; {function}()", *map(str, args)],
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout,
+                        preexec_fn=None if umask is None else lambda: os.umask(umask))
   return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -191,3 +192,21 @@ def _random(fam):
   params = registry.get_model(fam.name, config).init_variables(
       jax.random.PRNGKey(0), shapes)["params"]
   return jax.tree.map(np.asarray, params), config
+
+
+def test_exports_and_imports_honour_the_umask(tmp_path):
+  """Other users of a shared machine can read what protjax-export and
+  protjax-import write when the umask lets them (it was 0700 / 0600)."""
+  params, config = _random(registry.get_family("protbert"))
+  src = export.save_params_checkpoint(tmp_path / "src", params, config)
+  for umask, folder_mode, file_mode in ((0o022, 0o755, 0o644), (0o027, 0o750, 0o640)):
+    hf_dir, imported = tmp_path / f"hf{umask:o}", tmp_path / f"imported{umask:o}"
+    code, _, err = cli("protjax.export:export_main", "--params_checkpoint", src, "--output",
+                       hf_dir, "--format", "hf", umask=umask)
+    assert code == 0, err
+    code, _, err = cli("protjax.export:import_main", hf_dir, imported, umask=umask)
+    assert code == 0, err
+    assert os.stat(hf_dir).st_mode & 0o777 == folder_mode
+    assert os.stat(hf_dir / "model.safetensors").st_mode & 0o777 == file_mode
+    assert os.stat(imported).st_mode & 0o777 == folder_mode
+    assert os.stat(imported / "config.json").st_mode & 0o777 == file_mode

@@ -93,21 +93,6 @@ def test_param_without_axes_is_an_error():
                                                  axes_tree)
 
 
-def _t5_batch(batch_size=16, length=32, seed=0):
-  """A ProtT5-shaped batch: 15% of residues masked by id 127, full targets."""
-  rng = np.random.default_rng(seed)
-  targets = rng.integers(3, 23, size=(batch_size, length)).astype(np.int32)
-  targets[:, -1] = 1  # </s>
-  targets[: batch_size // 2, length // 2:] = 0  # some padding
-  weights = (targets > 0).astype(np.int32)
-  inputs = np.where((rng.random(targets.shape) < 0.15) & (targets > 1), 127,
-                    targets).astype(np.int32)
-  decoder_inputs = np.concatenate(
-      [np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
-  return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
-          "decoder_target_tokens": targets, "decoder_loss_weights": weights}
-
-
 def _one_step(partitioner, batch, model=None, num_microbatches=1):
   setup = trainer.setup_training(
       model or trainer_toy.ToyModel(),
@@ -117,44 +102,6 @@ def _one_step(partitioner, batch, model=None, num_microbatches=1):
   state = setup.init_state()
   state, metrics = setup.train_step(state, setup.to_global(batch))
   return state, jax.device_get(metrics)
-
-
-def test_prott5_step_on_2x4_and_8x1_matches_single_device():
-  """Tiny ProtT5 (4 heads so attention splits 4 ways; one layer per stack to
-  keep compiles short), dropout on.
-
-  The dropout RNG is fold_in(rng, step) and threefry is partitionable, so
-  the masks are the same however the batch is split.
-  """
-  model = registry.get_model("prott5", t5.get_config(
-      "tiny", num_heads=4, num_encoder_layers=1, num_decoder_layers=1))
-  batch = _t5_batch()
-  single = partitioning.Partitioner(
-      partitioning.make_mesh(1, jax.devices()[:1]), partitioning.get_rules("tp"))
-  ref_state, ref_m = _one_step(single, batch, model)
-  assert 4.0 < ref_m["loss"] < 6.0  # ~ln(128) from a fresh init
-  for mp in (4, 1):
-    state, m = _one_step(partitioning.make_partitioner(mp, "tp"), batch, model)
-    np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
-    np.testing.assert_allclose(m["grad_norm"], ref_m["grad_norm"], rtol=1e-5)
-    for path, ref in jax.tree_util.tree_leaves_with_path(ref_state.params):
-      got = _get(state.params, path)
-      np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5,
-                                 atol=1e-6, err_msg=f"mp={mp} {path}")
-    if mp == 4:
-      # Checked from the arrays' shardings, not assumed: every matrix is
-      # split 4 ways over `model` and each device holds a quarter of it.
-      big = 0
-      for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
-        if leaf.ndim >= 2:
-          big += 1
-          assert partitioning.split_fraction(leaf.sharding, leaf.shape,
-                                             "model") == 4, path
-          assert leaf.addressable_shards[0].data.size * 4 == leaf.size, path
-      assert big == 1 + 2 + 6 + 10  # embedding, relpos x2, enc and dec layer
-      factored = state.opt_state[0]
-      wi = factored.v_col["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]
-      assert wi.shape == (64,) and wi.sharding.spec == P("model")
 
 
 def test_fsdp_step_matches_and_splits_weights_over_data():
