@@ -187,9 +187,13 @@ def get_topology(name: str, memory_gib: Optional[float] = None) -> Topology:
   return topo
 
 
-_LIBTPU_QUIET = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
-                 "TPU_ACCELERATOR_TYPE": "v3-8", "TPU_STDERR_LOG_LEVEL": "3",
-                 "TPU_MIN_LOG_LEVEL": "3"}
+# libtpu as a compiler only: no metadata-server queries or worker names (it
+# would print two error lines on a machine with no slice), and no claim on
+# /tmp/libtpu_lockfile, which keeps a second process off a machine's TPUs
+# (a plan attaches none, so several plans may compile at once).
+_LIBTPU_COMPILE_ONLY = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost",
+                        "TPU_ACCELERATOR_TYPE": "v3-8", "TPU_STDERR_LOG_LEVEL": "3",
+                        "TPU_MIN_LOG_LEVEL": "3", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def _set_up_jax(platform: str, num_cpus: int) -> None:
@@ -199,10 +203,7 @@ def _set_up_jax(platform: str, num_cpus: int) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
   if platform == "tpu":
-    # libtpu starts by looking for this machine's slice (metadata server,
-    # worker names) and prints two error lines where there is none; a plan
-    # attaches no TPU, it compiles for the topology it names.
-    for key, value in _LIBTPU_QUIET.items():
+    for key, value in _LIBTPU_COMPILE_ONLY.items():
       os.environ.setdefault(key, value)
   if xla_bridge.backends_are_initialized():
     return  # in-process (tests): get_topology checks the device count

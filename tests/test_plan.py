@@ -40,7 +40,10 @@ def clean_gin():
 
 def _plan(tmp_path, *flags, topology="cpu:8"):
   """Runs protjax-plan in this process: (exit code, JSON plan or None)."""
+  import gin
+  gin.clear_config()  # parsed and locked by an earlier plan of the test
   out = tmp_path / "plan.json"
+  out.unlink(missing_ok=True)
   with pytest.raises(SystemExit) as exit_info:
     plan.main([f"--gin_file={DEMO}", f"--topology={topology}", f"--json={out}", *flags])
   return exit_info.value.code, (json.loads(out.read_text()) if out.exists() else None)
