@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -34,6 +34,23 @@ from protjax.errors import InputError
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+
+
+def get_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+  """`tree[path[0]][path[1]]...`; KeyError naming the first missing level."""
+  node = tree
+  for i, name in enumerate(path):
+    if not isinstance(node, Mapping) or name not in node:
+      raise KeyError("/".join(path[: i + 1]))
+    node = node[name]
+  return node
+
+
+def set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
+  """`tree[path[0]]...[path[-1]] = value`, creating the levels on the way."""
+  for name in path[:-1]:
+    tree = tree.setdefault(name, {})
+  tree[path[-1]] = value
 
 
 def read_json(path: str) -> dict:

@@ -49,6 +49,7 @@ from typing import Any, Iterator, Mapping, Optional
 import numpy as np
 
 from protjax.errors import InputError
+from protjax.hf import get_path, set_path  # noqa: F401  (protjax.hf.electra uses them from here)
 
 MODEL_TYPES = ("bert", "albert")
 ENCODER = "encoder"
@@ -219,21 +220,6 @@ def from_hf_array(x: np.ndarray, transform: str, d: dict[str, int]) -> np.ndarra
   if transform == "scalar":
     return x.reshape(())
   raise AssertionError(transform)
-
-
-def get_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-  node = tree
-  for i, name in enumerate(path):
-    if not isinstance(node, Mapping) or name not in node:
-      raise KeyError("/".join(path[: i + 1]))
-    node = node[name]
-  return node
-
-
-def set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
-  for name in path[:-1]:
-    tree = tree.setdefault(name, {})
-  tree[path[-1]] = value
 
 
 def params_kind(params: Mapping[str, Any]) -> str:

@@ -39,6 +39,7 @@ from typing import Any, Iterator, Mapping, Optional
 import numpy as np
 
 from protjax.errors import InputError
+from protjax.hf import get_path, set_path
 
 MODEL_TYPES = ("t5",)
 ENCODER = "encoder"
@@ -141,21 +142,6 @@ def _from_hf(x: np.ndarray, transform: str, heads: int, kv: int) -> np.ndarray:
   raise AssertionError(transform)
 
 
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-  node = tree
-  for i, name in enumerate(path):
-    if not isinstance(node, Mapping) or name not in node:
-      raise KeyError("/".join(path[: i + 1]))
-    node = node[name]
-  return node
-
-
-def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
-  for name in path[:-1]:
-    tree = tree.setdefault(name, {})
-  tree[path[-1]] = value
-
-
 def params_kind(params: Mapping[str, Any]) -> str:
   """"encoder_decoder" when the tree has a decoder, else "encoder"."""
   return ENCODER_DECODER if "decoder" in params else ENCODER
@@ -182,7 +168,7 @@ def to_hf_state_dict(params: Mapping[str, Any], config: Any, *, kind: Optional[s
   out = {}
   for key, path, transform, shape in _entries(config, kind):
     try:
-      x = np.asarray(_get(params, path))
+      x = np.asarray(get_path(params, path))
     except KeyError as e:
       raise ValueError(f"params have no {e.args[0]} (needed for {key})") from None
     y = _to_hf(x, transform, d["heads"], d["kv"])
@@ -229,7 +215,7 @@ def from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: Any, kind: 
                        "from config.json", path=path)
     if not np.issubdtype(x.dtype, np.floating):
       raise InputError(f"tensor {key!r} has dtype {x.dtype}, expected a float type", path=path)
-    _set(params, ppath, np.ascontiguousarray(
+    set_path(params, ppath, np.ascontiguousarray(
         _from_hf(x.astype(np.float32), transform, d["heads"], d["kv"])))
     used.add(key)
   for key in sorted(state):

@@ -118,11 +118,7 @@ class BertConfig:
   remat: bool = False
 
   def __post_init__(self):
-    if self.attention_impl not in attn_lib.IMPLEMENTATIONS:
-      raise ValueError(f"attention_impl must be one of {attn_lib.IMPLEMENTATIONS}, "
-                       f"got {self.attention_impl!r}")
-    if self.dtype not in ("float32", "bfloat16", "float16", "auto"):
-      raise ValueError(f"dtype must be float32/bfloat16/float16/auto, got {self.dtype!r}")
+    layers.check_compute_options(self.dtype, self.attention_impl, attn_lib.IMPLEMENTATIONS)
     if self.hidden_act not in ACTIVATIONS:
       raise ValueError(f"hidden_act must be one of {ACTIVATIONS}, got {self.hidden_act!r}")
     sizes = ["vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -142,9 +138,7 @@ class BertConfig:
   @property
   def compute_dtype(self) -> jnp.dtype:
     """The resolved compute dtype ("auto" -> bfloat16 off CPU)."""
-    if self.dtype == "auto":
-      return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    return jnp.dtype(self.dtype)
+    return layers.resolve_dtype(self.dtype)
 
   @property
   def head_size(self) -> int:

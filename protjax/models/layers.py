@@ -26,6 +26,25 @@ Initializer = Callable[..., jnp.ndarray]
 DType = jnp.dtype
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def check_compute_options(dtype: str, attention_impl: str, implementations: Sequence[str]) -> None:
+  """ValueError for a config's compute dtype or attention path that does not exist."""
+  if attention_impl not in implementations:
+    raise ValueError(f"attention_impl must be one of {tuple(implementations)}, "
+                     f"got {attention_impl!r}")
+  if dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"dtype must be float32/bfloat16/float16/auto, got {dtype!r}")
+
+
+def resolve_dtype(dtype: str) -> jnp.dtype:
+  """A config's compute dtype: "auto" is bfloat16 on accelerators, float32 on CPU."""
+  if dtype == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return jnp.dtype(dtype)
+
+
 def _normalize_axes(axes_: int | Sequence[int], ndim: int) -> tuple[int, ...]:
   if isinstance(axes_, int):
     axes_ = (axes_,)

@@ -99,11 +99,7 @@ class T5Config:
   remat: bool = False
 
   def __post_init__(self):
-    if self.attention_impl not in attn_lib.IMPLEMENTATIONS:
-      raise ValueError(f"attention_impl must be one of {attn_lib.IMPLEMENTATIONS}, "
-                       f"got {self.attention_impl!r}")
-    if self.dtype not in ("float32", "bfloat16", "float16", "auto"):
-      raise ValueError(f"dtype must be float32/bfloat16/float16/auto, got {self.dtype!r}")
+    layers.check_compute_options(self.dtype, self.attention_impl, attn_lib.IMPLEMENTATIONS)
     for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv",
                  "relative_attention_num_buckets", "attention_block_size"):
       if getattr(self, name) <= 0:
@@ -112,9 +108,7 @@ class T5Config:
   @property
   def compute_dtype(self) -> jnp.dtype:
     """The resolved compute dtype ("auto" -> bfloat16 off CPU)."""
-    if self.dtype == "auto":
-      return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    return jnp.dtype(self.dtype)
+    return layers.resolve_dtype(self.dtype)
 
 
 GIN_CONFIGURABLES = (T5Config,)
