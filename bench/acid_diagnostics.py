@@ -15,7 +15,8 @@ training residues' mean and standard deviation:
 4. the paper's CNN probe (protjax.probes, same settings as the acid test) on
    standardised inputs (the acid test feeds raw embeddings, as the paper).
 Scored on CB513 residues with disorder==1 and cb513_mask==1; 4. with the
-bootstrap SE over proteins. Writes `<work_dir>/diagnostics.json`.
+bootstrap SE over proteins. Prints a table and writes `<work_dir>/diagnostics.json`
+(or `--out`). What it showed on earlier runs: `bench/results/acid_findings.md`.
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ from protjax.probes import data as pdata  # noqa: E402
 from protjax.probes import train as ptrain  # noqa: E402
 
 KINDS = ("trained_lm", "random_lm", "onehot")
+LABELS = {"trained_lm": "trained LM", "random_lm": "random LM (same shape)",
+          "onehot": "one-hot (DeepOneHot)"}
 
 
 def standardise(train: pdata.ResidueSet, *others: pdata.ResidueSet):
@@ -82,13 +85,15 @@ def main(argv=None) -> int:
   ap.add_argument("--kinds", default=",".join(KINDS))
   ap.add_argument("--ss_max_epochs", type=int, default=300)
   ap.add_argument("--ss_patience", type=int, default=10)
+  ap.add_argument("--out", default=None, help="JSON path (default <work_dir>/diagnostics.json)")
   args = ap.parse_args(argv)
   w = args.work_dir
   ss = os.path.join(w, "probe_data", "secondary_structure")
   from protjax.data import readers  # pylint: disable=import-outside-toplevel
   sequences = {}
   for name in ("netsurfp2_train.csv.gz", "CB513.csv"):
-    sequences[name] = {rid: seq for rid, seq, _ in readers.read_netsurfp_csv(os.path.join(ss, name))}
+    sequences[name] = {rid: seq for rid, seq, _ in
+                       readers.read_netsurfp_csv(os.path.join(ss, name))}
   cfg = ptrain.TrainConfig(max_epochs=args.ss_max_epochs, patience=args.ss_patience,
                            batch_tokens=16384, seed=0)
   out = {}
@@ -108,11 +113,27 @@ def main(argv=None) -> int:
     r["cnn_standardised_q3"] = {"accuracy": q3["accuracy"], "se": q3["se"],
                                 "best_epoch": probe.meta["best_epoch"]}
     out[kind] = r
-    print(f"{kind}: identity {r['identity_accuracy']:.1f}%, linear Q3 one residue {r['linear_q3_one_residue']:.1f}, window 7 "
-          f"{r['linear_q3_window7']:.1f}; standardised CNN Q3 {q3['accuracy']:.2f} "
-          f"+- {q3['se']:.2f}", flush=True)
-  files.write_text_atomic(os.path.join(w, "diagnostics.json"), json.dumps(out, indent=1))
+    print(f"{kind}: identity {r['identity_accuracy']:.1f}%, linear Q3 one residue "
+          f"{r['linear_q3_one_residue']:.1f}, window 7 {r['linear_q3_window7']:.1f}; "
+          f"standardised CNN Q3 {q3['accuracy']:.2f} +- {q3['se']:.2f}", flush=True)
+  path = args.out or os.path.join(w, "diagnostics.json")
+  files.write_text_atomic(path, json.dumps(out, indent=1))
+  print(markdown(out))
+  print(f"wrote {path}")
   return 0
+
+
+def markdown(diag: dict) -> str:
+  """The results as a Markdown table."""
+  lines = ["| features | residue identity from one position | linear Q3, one residue | "
+           "linear Q3, window of 7 | CNN Q3, standardised inputs |",
+           "| --- | --- | --- | --- | --- |"]
+  for kind, d in diag.items():
+    c = d["cnn_standardised_q3"]
+    lines.append(f"| {LABELS.get(kind, kind)} | {d['identity_accuracy']:.1f}% | "
+                 f"{d['linear_q3_one_residue']:.1f} | {d['linear_q3_window7']:.1f} | "
+                 f"{c['accuracy']:.1f} ± {c['se']:.1f} |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

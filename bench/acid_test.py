@@ -1,51 +1,53 @@
-"""The end-to-end acid test: does a small ProtT5 pretrained here beat chance?
+"""The end-to-end acid test: does a small protein LM pretrained here beat chance?
 
-  python bench/acid_test.py --data ../shared/data
+  python bench/acid_test.py --data ../shared/data                      # ProtT5
+  python bench/acid_test.py --data ../shared/data --family protbert    # ProtBert
 
 One command, five stages (each cached in `--work_dir`, so a rerun resumes):
 
-1. pretrain: ProtT5-mini-wide (`--model_gin`, then `gin_configs/runs/acid_test.gin`:
-   11,000 steps, linear warm-up and decay to 0, about 54 min on 2 CPU cores)
-   with the ProtT5 objective (15% of residues -> <extra_id_0>, the decoder
-   rebuilds the whole sequence) on the FASTA files in `<data>/pretraining/`;
-   5% of the sequences (by id hash, `DataConfig.validation_fraction`) are
-   held out. Training stops at `train.train_steps` or, as a safety net on a
-   slower or busier machine, at `--train_minutes` of wall clock (the
-   trainer's `max_minutes`: it saves a checkpoint and returns).
-   Then the masked-residue accuracy and loss of the final parameters are
-   measured on the whole held-out split, beside a randomly initialised model
-   and the best constant guess.
-2. export: the trained encoder, and a randomly initialised encoder of the same
-   shape (the paper's random-projection control), as protjax params
-   checkpoints (`protjax.export.save_params_checkpoint`); the trained encoder
-   also as a Hugging Face directory (`export_hf`).
-3. embed (`protjax.embed.embed_fasta`, per-residue HDF5, float16 storage):
-   the NetSurfP-2.0 training set (all 10,792 chains by default, as the paper's
-   probes; `--ss_train_chains` subsamples it), CB513,
-   TS115, a subsample of the DeepLoc training file (`--loc_train_proteins`,
-   drawn after removing every sequence that also occurs in the validation
-   file) and the whole DeepLoc validation file, with both encoders.
+1. pretrain: the family's acid-test model (`gin_configs/models/<family>_mini_wide.gin`,
+   then its run gin `gin_configs/runs/acid_test_<family>.gin`, whose settings
+   apply to any size; ProtT5's is `acid_test.gin`) with the family's
+   objective on the FASTA files in `<data>/pretraining/`; 5% of the sequences
+   (by id hash, `DataConfig.validation_fraction`) are held out. Training stops
+   at `train.train_steps` or, as a safety net on a slower or busier machine,
+   at `--train_minutes` of wall clock (the trainer's `max_minutes`: it saves
+   a checkpoint and returns; rerunning the command resumes from it). Then the
+   masked-residue accuracy and loss of the final parameters are measured on
+   the whole held-out split, beside the family's random init of the same
+   config and the best constant guess.
+2. export: the trained encoder, and the random encoder of the same shape (the
+   paper's random-projection control), as protjax params checkpoints
+   (`protjax.export.save_params_checkpoint`); the trained encoder also as a
+   Hugging Face directory (`export_hf`).
+3. embed (`protjax.embed`, per-residue HDF5, float16 storage): the
+   NetSurfP-2.0 training set (all 10,792 chains by default, as the paper's
+   probes; `--ss_train_chains` subsamples it), CB513, TS115, a subsample of
+   the DeepLoc training file (`--loc_train_proteins`, drawn after removing
+   every sequence that also occurs in the validation file) and the whole
+   DeepLoc validation file, with both encoders.
 4. probe: for trained LM, random LM, one-hot and BLOSUM62 features, the
    per-residue CNN (Q3/Q8 on CB513 and TS115) and the per-protein FNN
    (Q10/Q2 on the DeepLoc validation file by k-fold cross-validation), with
    exactly the procedure of `bench/probe_baselines.py` (its `run_ss` /
-   `run_loc` are called; see its docstring for the scoring rules). Plus the
-   pooling comparison (mean / min / max / concat) on DeepLoc with the trained
-   LM (the paper's Table 10).
-5. report: `<out>/acid_test.md` and `.json`, `acid_test_pretraining.png`
-   (loss and masked-residue accuracy curves) and `acid_test_tsne.png`
-   (t-SNE of per-protein embeddings of the DeepLoc validation proteins,
-   coloured by location, random LM beside trained LM, as the paper's Fig. 4).
+   `run_loc`). Plus the pooling comparison (mean / min / max / concat) on
+   DeepLoc with the trained LM (the paper's Table 10).
+5. report: `<out>/<name>.md` and `.json`, `<name>_pretraining.png` (loss and
+   masked-residue accuracy curves) and `<name>_tsne.png` (t-SNE of per-protein
+   embeddings of the DeepLoc validation proteins, coloured by location,
+   random LM beside trained LM, as the paper's Fig. 4). `<name>` is
+   `acid_test` for ProtT5, `acid_test_<family>` for the others.
 
-A pretraining run longer than one sitting: run with the whole schedule
-(`train.train_steps`, the learning-rate schedule's length) and a
-`--train_minutes` that fits, `--stop_after pretrain`; keep `<work_dir>/pretrain`;
-later, the same command with `--resume_pretraining` trains on from its last
-checkpoint exactly as an unbroken run would (same data order, same schedule).
+Everything after the trainer goes through the family registry
+(`protjax.models.registry`), `protjax.export` and `protjax.embed`: no stage
+knows which family it runs.
 
 The acid-test criterion: trained-LM CB513 Q3 minus random-LM CB513 Q3 is
 more than twice the combined standard error sqrt(se_trained^2 + se_random^2)
-(bootstrap over proteins).
+(bootstrap over proteins). The report adds a paired comparison (both probes
+on the same bootstrap resamples) for context. What earlier runs found, and
+the two scripts that read a work dir afterwards (`acid_probe_seeds.py`,
+`acid_diagnostics.py`): `bench/results/acid_findings.md`.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -76,14 +79,34 @@ from protjax.probes import data as pdata  # noqa: E402
 from protjax.probes import train as ptrain  # noqa: E402
 
 SS, LOC = pb.SS, pb.LOC
+GIN_DIR = os.path.join(REPO, "gin_configs")
+# Each family's acid-test run is gin_configs/models/<family>_mini_wide.gin, then
+# gin_configs/runs/acid_test_<family>.gin, reported as acid_test_<family>; the
+# model sizes are comparable (about 1.2-1.4M parameters in the layers) and the
+# run gins budget about the same wall clock on 2 CPU cores. ProtT5's, the
+# first, keep their first names.
+FIRST_NAMES = {"prott5": "acid_test"}
+# What each pretraining objective (the task name's suffix) asks of the model.
+OBJECTIVES = {
+    "t5": "ProtT5's: each residue → `<extra_id_0>` with probability 0.15, the decoder "
+          "rebuilds the whole sequence (cross-entropy + 1e-4 z-loss over every target)",
+    "bert": "BERT's: 15% of the residues selected, of those 80% → `[MASK]`, 10% a random "
+            "standard residue, 10% kept; the MLM head predicts the selected ones "
+            "(cross-entropy over them)",
+    "electra": "ELECTRA's: 25% of the residues selected and masked as BERT's; the generator "
+               "predicts them, the discriminator tells its samples from the originals at "
+               "every position (loss: generator + weight × discriminator); the "
+               "masked-residue accuracy is the generator's",
+}
 LM_KINDS = ("trained_lm", "random_lm")
 BASELINE_KINDS = ("onehot", "blosum62")
 KIND_LABELS = {"trained_lm": "trained LM", "random_lm": "random LM (same shape)",
                "onehot": "one-hot (DeepOneHot)", "blosum62": "BLOSUM62 (DeepBLOSUM62)"}
 POOLINGS = ("mean", "min", "max", "concat")
-# ProtT5-XL-U50 + the same probes (REFERENCE.md / data README).
+# ProtT5-XL-U50 + the same probes (the data README): the scale a large LM reaches.
 PAPER = {"CB513": {"Q3": 86.0, "Q8": 74.0}, "TS115": {"Q3": 87.0, "Q8": 77.0},
          "DeepLoc": {"Q10": 81.0, "Q2": 91.0}}
+STAGES = ("pretrain", "export", "probe_data", "embed", "probes")
 
 
 # --------------------------------------------------------------------------
@@ -116,6 +139,11 @@ def _cached(path: str, fn, *args, **kwargs):
     return json.load(f)
 
 
+def _git(*args: str) -> str:
+  return subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True,
+                        check=False).stdout.strip()
+
+
 def machine() -> dict:
   info = {"platform": platform.platform(), "python": platform.python_version(),
           "cpus": os.cpu_count(), "hostname": platform.node()}
@@ -133,16 +161,12 @@ def machine() -> dict:
     import jax
     info["jax"] = jax.__version__
     info["jax_backend"] = jax.default_backend()
-    info["jax_devices"] = [str(d) for d in jax.devices()][:4]
     info["jax_device_count"] = jax.device_count()
   except Exception as e:  # pylint: disable=broad-except
     info["jax"] = f"unavailable: {e}"
   try:
-    info["git_commit"] = subprocess.run(
-        ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True,
-        check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False).stdout
+    info["git_commit"] = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     info["git_dirty_files"] = [l[3:] for l in dirty.splitlines()]
   except OSError:
     pass
@@ -154,11 +178,11 @@ def machine() -> dict:
 # --------------------------------------------------------------------------
 def pretraining_files(data_dir: str) -> list[str]:
   d = os.path.join(data_dir, "pretraining")
-  files = sorted(os.path.join(d, f) for f in os.listdir(d)
+  found = sorted(os.path.join(d, f) for f in os.listdir(d)
                  if f.endswith((".fasta", ".fa", ".fasta.gz", ".fa.gz")))
-  if not files:
+  if not found:
     raise SystemExit(f"no FASTA files in {d}")
-  return files
+  return found
 
 
 def _parse_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
@@ -176,227 +200,136 @@ def _data_config():
   return gin.get_configurable(DataConfig)()
 
 
-def data_backend(choice: str) -> str:
-  """"auto": the seqio pipeline where TensorFlow and seqio are installed, else
-  the NumPy one (a bare GPU box); see protjax.data.numpy_pipeline."""
-  if choice != "auto":
-    return choice
-  import importlib.util
-  have_tf = all(importlib.util.find_spec(m) for m in ("tensorflow", "seqio"))
-  return "seqio" if have_tf else "numpy"
+def random_params(family: str, config, batch_shapes: dict, seed: int) -> dict:
+  """The family's initialisation of `config` (full tree, head included): the
+  random-LM control, the same shape as the trained model."""
+  import jax
+  from protjax.models import registry
+  model = registry.get_model(family, config)
+  shapes = {k: tuple(v) for k, v in batch_shapes.items()}
+  return model.init_variables(jax.random.PRNGKey(seed), shapes)["params"]
 
 
-class EncoderMLM:
-  """Investigation objective (not ProtT5's): the T5 encoder alone predicts the
-  masked residues through the tied embedding (logits scaled by d_model**-0.5,
-  as T5's output layer), BERT-style, on exactly ProtT5's masks (15% of residues
-  -> <extra_id_0>). A run seeded from a ProtT5 encoder has its own head
-  instead (see __init__). The trainer's Model protocol; params are the encoder
-  subtrees of the ProtT5 tree (plus `mlm_head`), so export and embedding are
-  unchanged.
+def _scored_positions(batch: dict) -> tuple[np.ndarray, np.ndarray]:
+  """Where a batch's masked-residue accuracy is scored, and the targets there.
+
+  The positions the objective masked: encoder-only features mark them with
+  their loss weights (BERT's kept and randomised residues included); in a
+  full reconstruction they are where the input differs from its aligned target.
   """
-
-  def __init__(self, config, seed_params=None):
-    """seed_params: encoder params (t5.encoder_params of a ProtT5 run) to start
-    from instead of a random init; the optimiser and step start fresh, and the
-    logits come from a new linear `mlm_head` instead of the tied
-    embedding: a ProtT5 encoder's outputs are not in its embedding's space
-    (tied logits started at loss 856 with gradient norms of 500, which wrecked
-    the trained encoder within 200 steps)."""
-    from protjax.models import t5
-    self.config = config
-    self.module = t5.T5Encoder(config)
-    self.seed_params = seed_params
-
-  def init_variables(self, rng, batch_shapes) -> dict:
-    import jax
-    import jax.numpy as jnp
-    tokens = jnp.ones((1, batch_shapes["encoder_input_tokens"][1]), jnp.int32)
-    variables = self.module.init({"params": rng}, tokens, deterministic=True)
-    params, axes = variables["params"], variables["params_axes"]
-    if self.seed_params is not None:
-      from flax.linen import partitioning
-      params = jax.tree.map(lambda fresh, seed: jnp.asarray(seed, fresh.dtype),
-                            params, self.seed_params)
-      params = {**params, "mlm_head": self.random_head(jax.random.fold_in(rng, 1))}
-      axes = {**axes, "mlm_head": {"kernel_axes": partitioning.AxisMetadata(
-          names=("embed", "vocab"))}}
-    return {"params": params, "params_axes": axes}
-
-  def random_head(self, rng) -> dict:
-    """A fresh `mlm_head`, kernel [d_model, vocab]. LeCun-normal: logits start
-    near unit scale (the encoder's outputs have RMS about 1), and Adafactor,
-    whose steps scale with a parameter's RMS, can move it (from zeros it barely
-    moved in 160 steps)."""
-    import jax
-    import jax.numpy as jnp
-    head = jax.random.normal(rng, (self.config.d_model, self.config.vocab_size), jnp.float32)
-    return {"kernel": head * self.config.d_model ** -0.5}
-
-  def loss_fn(self, params, batch, dropout_rng):
-    import jax.numpy as jnp
-    from protjax.models import t5
-    rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-    hidden = self.module.apply(
-        {"params": params}, batch["encoder_input_tokens"], batch.get("encoder_segment_ids"),
-        batch.get("encoder_positions"), deterministic=dropout_rng is None, rngs=rngs)
-    if "mlm_head" in params:
-      logits = hidden.astype(jnp.float32) @ params["mlm_head"]["kernel"]
-    else:
-      emb = params["token_embedder"]["embedding"]
-      logits = jnp.einsum("bld,vd->blv", hidden.astype(jnp.float32) * self.config.d_model ** -0.5,
-                          emb.astype(jnp.float32))
-    return t5._loss_and_metrics(logits, {  # pylint: disable=protected-access
-        "decoder_target_tokens": batch["encoder_target_tokens"],
-        "decoder_loss_weights": batch["encoder_loss_weights"],
-        "encoder_input_tokens": batch["encoder_input_tokens"]})
-
-  def flops_per_example(self, batch_shapes) -> float:
-    c, n = self.config, batch_shapes["encoder_input_tokens"][1]
-    per_layer = 2 * (4 * c.d_model * c.num_heads * c.d_kv + 2 * c.d_model * c.d_ff) * n
-    attn = 4 * n * n * c.num_heads * c.d_kv
-    return 3.0 * (c.num_encoder_layers * (per_layer + attn) + 2 * c.d_model * c.vocab_size * n)
-
-  def tokens_per_example(self, batch_shapes) -> int:
-    return batch_shapes["encoder_input_tokens"][1]
+  if "encoder_loss_weights" in batch:
+    return batch["encoder_loss_weights"] > 0, batch["encoder_target_tokens"]
+  targets = batch["decoder_target_tokens"]
+  return (batch["encoder_input_tokens"] != targets) & (targets > 0), targets
 
 
-def _weights_and_targets(batch):
-  if "decoder_target_tokens" in batch:
-    return batch["decoder_loss_weights"], batch["decoder_target_tokens"]
-  return batch["encoder_loss_weights"], batch["encoder_target_tokens"]
-
-
-def heldout_eval(params, config, data_cfg, max_batches: int = 1000, model=None) -> dict:
-  """Deterministic loss and masked-residue accuracy over the whole held-out split.
+def heldout_eval(model, params_sets: Sequence[dict], data_cfg, max_batches: int = 1000
+                 ) -> list[dict]:
+  """Deterministic loss and masked-residue accuracy over the whole held-out
+  split, for each parameter set (one pass over the data, one compilation).
 
   Also the accuracy of the best constant guess (the residue most frequent at
-  the masked positions of this split: an upper bound for a frequency-only
-  model).
+  the masked positions of this split: an upper bound for a frequency-only model).
   """
   import jax
-  from protjax.models import t5
-  model = model or t5.EncoderDecoderModel(config)
   step = jax.jit(lambda p, b: model.loss_fn(p, b, None)[1])
-  mask_id = 127
-  tot = {"loss": 0.0, "cross_entropy": 0.0, "accuracy": 0.0}
-  n_tok = 0.0
-  masked_correct, n_masked = 0.0, 0
-  counts = np.zeros(config.vocab_size, np.int64)
-  n_seq = 0
+  keys = ("loss", "cross_entropy", "accuracy")
+  tot = [dict.fromkeys(keys, 0.0) for _ in params_sets]
+  correct = [0.0 for _ in params_sets]
+  n_tok, n_masked, n_seq = 0.0, 0, 0
+  counts = np.zeros(model.config.vocab_size, np.int64)
   for i, batch in enumerate(data_cfg.get_dataset("validation", repeat=False)):
     if i >= max_batches:
       break
-    m = jax.device_get(step(params, batch))
-    w = float(m["num_tokens"])
-    for k in tot:
-      tot[k] += w * float(m[k])
-    n_tok += w
-    weights, targets = _weights_and_targets(batch)
-    masked = (batch["encoder_input_tokens"] == mask_id) & (weights > 0)
+    masked, targets = _scored_positions(batch)
     nm = int(masked.sum())
-    if nm:  # (a batch without masked positions may report 0/0)
-      masked_correct += float(m["masked_residue_accuracy"]) * nm
+    for j, params in enumerate(params_sets):
+      m = jax.device_get(step(params, batch))
+      w = float(m["num_tokens"])
+      for k in keys:
+        tot[j][k] += w * float(m[k])
+      if nm:  # (a batch without masked positions may report 0/0)
+        correct[j] += float(m["masked_residue_accuracy"]) * nm
+    n_tok += w
     n_masked += nm
-    counts += np.bincount(targets[masked], minlength=config.vocab_size)
+    counts += np.bincount(targets[masked], minlength=len(counts))
     n_seq += int((batch["encoder_input_tokens"] > 0).any(1).sum())
-  out = {k: v / max(n_tok, 1.0) for k, v in tot.items()}
-  out["masked_residue_accuracy"] = masked_correct / max(n_masked, 1)
-  out["masked_positions"] = n_masked
-  out["target_tokens"] = n_tok
-  out["sequences"] = n_seq
-  out["best_constant_accuracy"] = float(counts.max() / max(n_masked, 1))
-  return out
-
-
-def _seed_encoder(model_dir: Optional[str], config):
-  """The encoder params of a ProtT5 run's latest checkpoint (None: no seed)."""
-  if not model_dir:
-    return None
-  from protjax.export import load_training_run
-  from protjax.models import t5
-  params, seed_config = load_training_run(model_dir)
-  if seed_config != config:
-    raise SystemExit(f"--seed_encoder_from {model_dir}: its model config differs from "
-                     f"this run's ({seed_config} vs {config}); pass the same --model_gin")
-  return t5.encoder_params(params)
+  return [{**{k: v / max(n_tok, 1.0) for k, v in t.items()},
+           "masked_residue_accuracy": c / max(n_masked, 1), "masked_positions": n_masked,
+           "target_tokens": n_tok, "sequences": n_seq,
+           "best_constant_accuracy": float(counts.max() / max(n_masked, 1))}
+          for t, c in zip(tot, correct)]
 
 
 def pretrain(args, work: str) -> dict:
-  """Trains (or resumes) the acid-test ProtT5; returns curves, steps and held-out scores."""
+  """Trains (or resumes) the family's acid-test model; returns curves, steps
+  and held-out scores."""
   import gin
-  import jax
-  from protjax import trainer
-  from protjax.export import load_training_run
-  from protjax.models import t5
+  from protjax import export, trainer
+  from protjax.models import registry
 
   model_dir = os.path.join(work, "pretrain")
-  files = pretraining_files(args.data)
+  corpus = pretraining_files(args.data)
   bindings = [f"train.model_dir = {model_dir!r}",
-              f"DataConfig.source_files = {tuple(files)!r}",
-              f"DataConfig.backend = {data_backend(args.data_backend)!r}"]
-  if args.objective == "encoder_mlm":
-    bindings.append("DataConfig.feature_converter = 'encoder'")
-  bindings += list(args.gin)
+              f"DataConfig.source_files = {tuple(corpus)!r}",
+              f"DataConfig.backend = {args.data_backend!r}",
+              f"get_model.family = {args.family!r}"] + list(args.gin)
+  config_class = registry.get_family(args.family).config_class
+  _parse_gin([args.model_gin], [])
+  if not re.search(rf"^{config_class}\.", gin.config_str(), re.M):
+    # Else the run gin would build its config class's defaults: the paper size.
+    raise SystemExit(f"--model_gin {args.model_gin} binds no {config_class}: not a "
+                     f"{args.family} model")
   gin_files = [args.model_gin, args.gin_file]  # the run file overrides the model file
   _parse_gin(gin_files, bindings)
   t0 = time.time()
-
-  _log(f"pretraining into {model_dir} (budget {args.train_minutes} min)")
-  extra = {}
-  if args.objective == "encoder_mlm":
-    config = gin.get_configurable(t5.T5Config)()
-    extra["model"] = EncoderMLM(config, _seed_encoder(args.seed_encoder_from, config))
+  _log(f"pretraining {args.family} into {model_dir} (budget {args.train_minutes} min)")
   result = gin.get_configurable(trainer.train)(config_str=gin.config_str(),
-                                               max_minutes=args.train_minutes, **extra)
+                                               max_minutes=args.train_minutes)
   train_seconds = time.time() - t0
   config_str = gin.config_str()
   data_cfg = _data_config()
   gin.clear_config()
-  params, config = load_training_run(model_dir)
+  run = export.load_training_run(model_dir)
+  if run.family.name != args.family:
+    raise SystemExit(f"--family {args.family} but the run in {model_dir} is {run.family.name}")
   _log(f"pretraining stopped at step {result.step} after {train_seconds / 60:.1f} min; "
        "held-out evaluation")
-  model = EncoderMLM(config) if args.objective == "encoder_mlm" else None
-  heldout = heldout_eval(params, config, data_cfg, model=model)
-  rand = t5.EncoderDecoderModel(config).init_variables(
-      jax.random.PRNGKey(args.random_seed), 1, 8, 8)["params"]
-  if model is not None:
-    rand = t5.encoder_params(rand)
-    if "mlm_head" in params:  # the control gets a random head too, not the tied embedding
-      rand["mlm_head"] = model.random_head(
-          jax.random.fold_in(jax.random.PRNGKey(args.random_seed), 1))
-  heldout_random = heldout_eval(rand, config, data_cfg, model=model)
+  model = registry.get_model(args.family, run.config)
+  first = next(iter(data_cfg.get_dataset("validation", repeat=False)))
+  batch_shapes = {k: list(v.shape) for k, v in first.items()}
+  rand = random_params(args.family, run.config, batch_shapes, args.random_seed)
+  heldout, heldout_random = heldout_eval(model, [run.params, rand], data_cfg)
   _log(f"held-out masked-residue accuracy {100 * heldout['masked_residue_accuracy']:.2f}% "
        f"(random init {100 * heldout_random['masked_residue_accuracy']:.2f}%, best constant "
        f"{100 * heldout['best_constant_accuracy']:.2f}%), loss {heldout['loss']:.4f}")
   history = {str(s): {k: m[k] for k in ("loss", "masked_residue_accuracy", "accuracy",
                                          "learning_rate", "grad_norm") if k in m}
              for s, m in sorted(result.history.items())}
-  total, encoder = t5.param_count(config)
+  total, encoder = run.family.module().param_count(run.config)
   return {
-      "objective": args.objective, "seed_encoder_from": args.seed_encoder_from,
-      "model_dir": model_dir, "files": files, "gin_files": gin_files, "bindings": bindings,
-      "config_str": config_str, "model_config": dataclasses.asdict(config),
-      "data_config": dataclasses.asdict(data_cfg),
+      "family": args.family, "model_dir": model_dir, "files": corpus, "gin_files": gin_files,
+      "bindings": bindings, "config_str": config_str,
+      "model_config": dataclasses.asdict(run.config), "data_config": dataclasses.asdict(data_cfg),
+      "batch_shapes": batch_shapes,
       "param_count": {"total": int(total), "encoder": int(encoder)},
       "start_step": result.start_step, "final_step": result.step,
-      "stopped": result.stopped, "stopped_by_budget_at": result.step if result.stopped == "time_limit" else None,
+      "stopped_by_budget_at": result.step if result.stopped == "time_limit" else None,
       "train_minutes_budget": args.train_minutes, "train_seconds": train_seconds,
       "history": history,
       "eval_history": {str(s): m for s, m in sorted(result.eval_history.items())},
       "heldout": heldout, "heldout_random_init": heldout_random,
-      "heldout_random_init_params": sorted(rand),
   }
 
 
 def whole_run(pre: dict) -> dict:
   """`pre` with the figures of the whole run, not only of the invocation that wrote it.
 
-  A run stopped by its budget or a killed session and started again resumes
-  from its last checkpoint; `pre` (the trainer's result) covers that last
-  invocation. The model dir's event files cover every invocation: from them
-  come the step the run started at, the earlier invocations' training time,
-  the evaluations of all, and the logged training means before this one.
+  A run stopped by its budget or a kill and started again resumes from its
+  last checkpoint; `pre` (the trainer's result) covers that last invocation.
+  The model dir's event files cover every invocation: from them come the
+  step the run started at, the earlier invocations' training time, the
+  evaluations of all, and the logged training means before this one.
   """
   from protjax import trainer
   logdir = os.path.join(pre["model_dir"], "tensorboard")
@@ -425,27 +358,22 @@ def whole_run(pre: dict) -> dict:
 # Stage 2: export.
 # --------------------------------------------------------------------------
 def export_encoders(args, work: str, pre: dict) -> dict:
-  import jax
   from protjax import export
-  from protjax.models import t5
-  params, config = export.load_training_run(pre["model_dir"])
-  out = {}
-  out["trained_lm"] = export.save_params_checkpoint(
-      os.path.join(work, "encoders", "trained_lm"), params, config, kind="encoder",
-      overwrite=True)
-  rand = t5.EncoderDecoderModel(config).init_variables(
-      jax.random.PRNGKey(args.random_seed), 1, 8, 8)["params"]
-  out["random_lm"] = export.save_params_checkpoint(
-      os.path.join(work, "encoders", "random_lm"), rand, config, kind="encoder",
-      overwrite=True)
+  run = export.load_training_run(pre["model_dir"])
+  enc = lambda name: os.path.join(work, "encoders", name)
+  out = {"trained_lm": export.save_params_checkpoint(
+      enc("trained_lm"), run.params, run.config, kind="encoder", overwrite=True)}
+  rand = random_params(pre["family"], run.config, pre["batch_shapes"], args.random_seed)
+  out["random_lm"] = export.save_params_checkpoint(enc("random_lm"), rand, run.config,
+                                                   kind="encoder", overwrite=True)
   try:
-    out["trained_lm_hf"] = export.export_hf(
-        params, config, os.path.join(work, "encoders", "trained_lm_hf"), "float32",
-        kind="encoder", overwrite=True)
+    out["trained_lm_hf"] = export.export_hf(run.params, run.config, enc("trained_lm_hf"),
+                                            "float32", kind="encoder", overwrite=True)
   except Exception as e:  # pylint: disable=broad-except
     # The HF copy is a by-product; the run embeds from the params checkpoint.
     out["trained_lm_hf_error"] = f"{e.__class__.__name__}: {e}"
   out["random_seed"] = args.random_seed
+  out["layer_embedded"] = run.family.layer_embedded
   return out
 
 
@@ -535,25 +463,18 @@ def _csv_to_fasta(csv_path: str, fasta_path: str) -> None:
       f">{rid}\n{seq}\n" for rid, seq, _ in readers.read_netsurfp_csv(csv_path)))
 
 
-def drop_stage_cache(work: str, stage_name: str) -> None:
-  """Deletes a stage's cached result and timing, so the next run runs it again."""
-  for suffix in (".json", ".time.json"):
-    path = os.path.join(work, f"stage_{stage_name}{suffix}")
-    if os.path.exists(path):
-      os.remove(path)
-
-
 def forget_trained_lm(work: str) -> None:
   """Deletes what an earlier pretraining left downstream (the trained LM's
   export, embeddings, probes and the later stages' caches), before pretraining
   runs again (resumed after a kill, or restarted): those caches would
   otherwise be reused for a model they no longer describe. The random LM's
-  and the baselines' files do not depend on pretraining and stay."""
+  and the baselines' files do not depend on the training and stay."""
   import glob
-  for stage_name in ("export", "embed", "probes"):
-    drop_stage_cache(work, stage_name)
-  for pattern in ("encoders/trained_lm*", "probes/trained_lm_*", "probes/probe_trained_lm_*",
-                  "results/*_trained_lm*"):
+  patterns = [f"stage_{s}{suffix}" for s in ("export", "embed", "probes")
+              for suffix in (".json", ".time.json")]
+  patterns += ["encoders/trained_lm*", "probes/trained_lm_*", "probes/probe_trained_lm_*",
+               "results/*_trained_lm*"]
+  for pattern in patterns:
     for path in glob.glob(os.path.join(work, pattern)):
       shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
@@ -591,8 +512,7 @@ def embed_probe_data(args, work: str, probe_data: dict, encoders: dict) -> dict:
            f"{key} with {kind} in {summary['seconds']:.0f}s "
            f"({summary['residues'] / max(summary['seconds'], 1e-9):.0f} residues/s)")
       out[kind][key] = dict(summary, path=h5)
-  out["options"] = {"storage_dtype": "float16", "token_budget": args.embed_token_budget,
-                    "per_residue": "last encoder hidden state without </s>"}
+  out["options"] = {"storage_dtype": "float16", "token_budget": args.embed_token_budget}
   return out
 
 
@@ -607,6 +527,10 @@ def probe_configs(args) -> tuple[ptrain.TrainConfig, ptrain.TrainConfig]:
   return ss_cfg, loc_cfg
 
 
+def _slim_metric(m: dict) -> dict:
+  return {k: m[k] for k in m if k not in ("confusion",)}
+
+
 def _slim_ss(r: dict) -> dict:
   """run_ss output without the bulky per-class tables (kept: accuracy, se, counts)."""
   out = {k: v for k, v in r.items() if k not in ("CB513", "TS115")}
@@ -615,10 +539,6 @@ def _slim_ss(r: dict) -> dict:
     out[name]["n_proteins"] = r[name].get("n_proteins")
     out[name]["scoring"] = r[name].get("scoring")
   return out
-
-
-def _slim_metric(m: dict) -> dict:
-  return {k: m[k] for k in m if k not in ("confusion",)}
 
 
 def _slim_loc(r: dict) -> dict:
@@ -634,7 +554,7 @@ def run_probes(args, work: str, probe_data: dict) -> dict:
   cache = os.path.join(work, "results")
   os.makedirs(cache, exist_ok=True)
   data_dir = probe_data["dir"]
-  results: dict = {"ss": {}, "loc": {}, "pooling": {}}
+  results: dict = {"ss": {}, "loc": {}, "pooling": {}, "seconds": {}}
   for kind in LM_KINDS + BASELINE_KINDS:
     _log(f"probes on {kind}")
     t = time.time()
@@ -645,7 +565,7 @@ def run_probes(args, work: str, probe_data: dict) -> dict:
         os.path.join(cache, f"loc_{kind}_mean.json"),
         lambda k=kind: _slim_loc(pb.run_loc(k, data_dir, probes_work, loc_cfg, "mean",
                                             args.folds)))
-    results.setdefault("seconds", {})[kind] = time.time() - t
+    results["seconds"][kind] = time.time() - t
   results["pooling"]["mean"] = results["loc"]["trained_lm"]
   for pooling in [p for p in args.poolings.split(",") if p != "mean"]:
     _log(f"pooling comparison: {pooling}")
@@ -655,11 +575,12 @@ def run_probes(args, work: str, probe_data: dict) -> dict:
                                                p, args.folds)))
   results["ss_config"] = dataclasses.asdict(ss_cfg)
   results["loc_config"] = dataclasses.asdict(loc_cfg)
+  results["folds"] = args.folds
   return results
 
 
 # --------------------------------------------------------------------------
-# Stage 5: figures, criterion, report.
+# Stage 5: criterion, figures, report.
 # --------------------------------------------------------------------------
 def acid_criterion(probes: dict) -> dict:
   t = probes["ss"]["trained_lm"]["CB513"]["Q3"]
@@ -672,27 +593,7 @@ def acid_criterion(probes: dict) -> dict:
           "passed": bool(diff > 2 * se)}
 
 
-def _cb513_q3_per_protein(work: str, kind: str, probes: dict, probe_data: dict):
-  """Per-protein CB513 Q3 counts of `kind`'s probe: from its results, else by
-  re-scoring its saved probe (runs from before the counts were kept); None
-  when neither is there or the re-scored accuracy is not the reported one."""
-  q3 = probes["ss"][kind]["CB513"]["Q3"]
-  if "per_protein" in q3:
-    return q3["per_protein"]
-  probe_dir = os.path.join(work, "probes", f"probe_{kind}_cnn")
-  h5 = os.path.join(work, "probes", f"{kind}_CB513.h5")
-  if not (os.path.isdir(probe_dir) and os.path.exists(h5)):
-    return None
-  rescored = ptrain.evaluate(probe_dir, h5, os.path.join(probe_data["dir"], SS, "CB513.csv"),
-                             cb513=True, n_resamples=2)["metrics"]["Q3"]
-  if abs(rescored["accuracy"] - q3["accuracy"]) > 1e-9:
-    _log(f"{probe_dir} re-scores CB513 Q3 {rescored['accuracy']:.4f}, not the reported "
-         f"{q3['accuracy']:.4f}: no paired comparison for {kind}")
-    return None
-  return rescored["per_protein"]
-
-
-def paired_comparison(work: str, probes: dict, probe_data: dict) -> dict:
+def paired_comparison(probes: dict) -> dict:
   """Trained LM against each other feature set on CB513 Q3, both probes scored
   on the same bootstrap resamples of proteins (metrics.paired_bootstrap_se).
 
@@ -700,23 +601,29 @@ def paired_comparison(work: str, probes: dict, probe_data: dict) -> dict:
   unpaired combined SE, which counts the proteins' shared difficulty twice.
   """
   from protjax.probes import metrics
-  trained = _cb513_q3_per_protein(work, "trained_lm", probes, probe_data)
+  q3 = lambda kind: probes["ss"][kind]["CB513"]["Q3"]
+  trained = q3("trained_lm")["per_protein"]
   out = {}
   for kind in ("random_lm",) + BASELINE_KINDS:
-    other = _cb513_q3_per_protein(work, kind, probes, probe_data)
-    if trained is None or other is None:
-      out[kind] = None
-      continue
+    other = q3(kind)["per_protein"]
     if trained["total"] != other["total"]:
       raise ValueError(f"CB513 scored residues differ between trained_lm and {kind}")
-    diff = (probes["ss"]["trained_lm"]["CB513"]["Q3"]["accuracy"]
-            - probes["ss"][kind]["CB513"]["Q3"]["accuracy"])
+    diff = q3("trained_lm")["accuracy"] - q3(kind)["accuracy"]
     se = metrics.paired_bootstrap_se(trained["correct"], other["correct"], trained["total"])
-    better = int(sum(a > b for a, b in zip(trained["correct"], other["correct"])))
-    worse = int(sum(a < b for a, b in zip(trained["correct"], other["correct"])))
     out[kind] = {"difference": diff, "paired_se": se, "ratio": diff / se if se else float("nan"),
-                 "proteins_better": better, "proteins_worse": worse}
+                 "proteins_better": int(sum(a > b for a, b in zip(trained["correct"],
+                                                                  other["correct"]))),
+                 "proteins_worse": int(sum(a < b for a, b in zip(trained["correct"],
+                                                                 other["correct"])))}
   return out
+
+
+def _savefig(fig, path: str) -> None:
+  import matplotlib.pyplot as plt
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
 
 
 def plot_pretraining(pre: dict, path: str) -> None:
@@ -726,33 +633,28 @@ def plot_pretraining(pre: dict, path: str) -> None:
   # (JSON keys are strings: order the steps as numbers.)
   hist = sorted((int(s), m) for s, m in pre["history"].items())
   steps = np.array([s for s, _ in hist])
-  loss = np.array([m["loss"] for _, m in hist])
-  macc = np.array([m.get("masked_residue_accuracy", np.nan) for _, m in hist])
-  tacc = np.array([m.get("accuracy", np.nan) for _, m in hist])
   ev = pre["eval_history"]
   ev_steps = sorted(int(s) for s in ev)
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
   win = max(1, min(25, len(steps) // 10 or 1))
   smooth = lambda x: np.convolve(x, np.ones(win) / win, mode="valid")
-  for ax, y, key, name in ((axes[0], loss, "loss", "loss (cross-entropy + z-loss)"),
-                           (axes[1], 100 * macc, "masked_residue_accuracy",
-                            "masked-residue accuracy (%)"),
-                           (axes[2], 100 * tacc, "accuracy", "token accuracy, all targets (%)")):
-    earlier = sorted((int(s), m) for s, m in pre["earlier_history"].items()
-                     if key in m)
+  for ax, key, name in ((axes[0], "loss", "training loss"),
+                        (axes[1], "masked_residue_accuracy", "masked-residue accuracy (%)"),
+                        (axes[2], "accuracy", "token accuracy over the loss's targets (%)")):
+    scale = 1 if key == "loss" else 100
+    y = np.array([scale * m.get(key, np.nan) for _, m in hist])
+    earlier = sorted((int(s), m) for s, m in pre["earlier_history"].items() if key in m)
     if earlier:
-      ax.plot([s for s, _ in earlier], [(1 if key == "loss" else 100) * m[key] for _, m in earlier],
+      ax.plot([s for s, _ in earlier], [scale * m[key] for _, m in earlier],
               color="0.55", lw=0.6, label="train (logged means, earlier invocations)")
     ax.plot(steps, y, color="0.8", lw=0.6, label="train (per step)")
     if len(steps) >= win:
       ax.plot(steps[win - 1:], smooth(y), color="C0", label=f"train ({win}-step mean)")
     if ev_steps:
-      scale = 100 if key != "loss" else 1
-      ax.plot(ev_steps, [scale * ev[str(s)][key] for s in ev_steps], "o-", color="C3",
+      ax.plot(ev_steps, [scale * ev[str(s)][key] for s in ev_steps], "o-", color="C3", ms=2,
               label="held-out 5% (eval batches)")
-    final = pre["heldout"][key] * (100 if key != "loss" else 1)
-    ax.axhline(final, color="C3", ls=":", lw=1,
-               label=f"final, whole held-out split: {final:.3g}")
+    final = scale * pre["heldout"][key]
+    ax.axhline(final, color="C3", ls=":", lw=1, label=f"final, whole held-out split: {final:.3g}")
     if key == "masked_residue_accuracy":
       ax.axhline(100 * pre["heldout"]["best_constant_accuracy"], color="k", ls="--", lw=0.8,
                  label="best constant guess")
@@ -760,18 +662,11 @@ def plot_pretraining(pre: dict, path: str) -> None:
     ax.set_title(name)
     ax.legend(fontsize=7)
   start = pre["run_start_step"]
-  fig.suptitle(f"ProtT5 pretraining ({pre['param_count']['total'] / 1e6:.2f}M parameters, "
-               + (f"steps {start} → {pre['final_step']})" if start else f"{pre['final_step']} steps)"))
+  fig.suptitle(f"{pre['family']} pretraining ({pre['param_count']['total'] / 1e6:.2f}M "
+               "parameters, " + (f"steps {start} → {pre['final_step']})" if start
+                                 else f"{pre['final_step']} steps)"))
   fig.tight_layout()
   _savefig(fig, path)
-
-
-def _savefig(fig, path: str) -> None:
-  import matplotlib.pyplot as plt
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
 
 
 def plot_tsne(work: str, probe_data: dict, path: str, seed: int, perplexity: float) -> dict:
@@ -836,7 +731,7 @@ def pooling_table(probes: dict) -> str:
   return "\n".join(lines)
 
 
-def standing(probes: dict, probe_data: dict) -> list[str]:
+def standing(probes: dict) -> list[str]:
   """Plain sentences: the trained LM against each other row, CB513 Q3 and DeepLoc Q10."""
   out = []
   t_ss = probes["ss"]["trained_lm"]["CB513"]["Q3"]
@@ -861,118 +756,7 @@ def standing(probes: dict, probe_data: dict) -> list[str]:
   out.append("- vs the paper's ProtT5-XL-U50 (2.8B parameters, ~2.2M steps at batch 2048 on "
              "BFD + UniRef50, probes trained on the full NetSurfP-2.0 and DeepLoc training "
              "sets): " + ", ".join(gap) + ".")
-  full = os.path.join(REPO, "bench", "results", "probe_baselines.json")
-  ss = probe_data["netsurfp_train_chains"]
-  if ss["used"] < ss["of"] and os.path.exists(full):
-    # The same baselines with the probes trained on the whole training files:
-    # how much the probe-data subsampling here costs.
-    with open(full) as f:
-      base = json.load(f).get("baselines", {})
-    cells = []
-    for kind in BASELINE_KINDS:
-      try:
-        cells.append(f"{KIND_LABELS[kind]} CB513 Q3 {_cell(base[kind]['ss']['CB513']['metrics']['Q3'])}"
-                     f", DeepLoc Q10 {_cell(base[kind]['loc']['cv']['Q10'])}")
-      except (KeyError, TypeError):
-        pass
-    if cells:
-      out.append("- For scale: with the probes trained on the whole NetSurfP-2.0 and DeepLoc "
-                 "training files (`bench/results/probe_baselines.md`, same procedure): "
-                 + "; ".join(cells) + ".")
   return out
-
-
-def _investigation(path: str) -> dict:
-  """The headline numbers of another run's acid_test.json."""
-  with open(path) as f:
-    r = json.load(f)
-  pre = r["pretraining"]
-  init_from = [b for b in pre["bindings"] if b.startswith("train.init_from")]
-  # (Older reports, all of one invocation, lack the whole-run fields.)
-  return {
-      "path": path, "command": r["command"], "objective": pre.get("objective", "prott5"),
-      "model": "d_model {d_model}, {num_encoder_layers}+{num_decoder_layers} layers".format(
-          **pre["model_config"]),
-      "init_from": init_from[0] if init_from else None,
-      "start_step": pre.get("run_start_step", pre["start_step"]), "final_step": pre["final_step"],
-      "train_seconds": pre["train_seconds"] + pre.get("earlier_invocations_seconds", 0.0),
-      "heldout": pre["heldout"], "acid_criterion": r["acid_criterion"],
-      "table": {k: {"CB513_Q3": r["probes"]["ss"][k]["CB513"]["Q3"],
-                    "TS115_Q3": r["probes"]["ss"][k]["TS115"]["Q3"],
-                    "DeepLoc_Q10": r["probes"]["loc"][k]["cv"]["Q10"]}
-                for k in LM_KINDS},
-      "wall_seconds": r["wall_seconds"],
-      "ss_train_chains": r["probe_data"]["netsurfp_train_chains"]["used"],
-  }
-
-
-def investigation_markdown(invs: list) -> list[str]:
-  L = ["## Investigation: other runs of this script\n",
-       "| run | model | objective | steps | held-out masked-residue acc. | probe chains | "
-       "trained CB513 Q3 | random CB513 Q3 | diff / combined SE | criterion | "
-       "trained DeepLoc Q10 |",
-       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for inv in invs:
-    c, t = inv["acid_criterion"], inv["table"]["trained_lm"]
-    start = f"{inv['start_step']} → " if inv["start_step"] else ""
-    L.append(f"| `{inv['command']}` | {inv['model']} | {inv['objective']} | "
-             f"{start}{inv['final_step']} | "
-             f"{100 * inv['heldout']['masked_residue_accuracy']:.2f}% | "
-             f"{inv['ss_train_chains']:,} | {_cell(t['CB513_Q3'])} | "
-             f"{_cell(inv['table']['random_lm']['CB513_Q3'])} | {c['ratio']:.2f} | "
-             f"{'passed' if c['passed'] else 'not met'} | {_cell(t['DeepLoc_Q10'])} |")
-  return L + [""]
-
-
-def diagnostics_markdown(diag: dict) -> list[str]:
-  """`bench/acid_diagnostics.py`'s table (it writes <work_dir>/diagnostics.json)."""
-  L = ["## Diagnostics: what the CNN gets from each feature set\n",
-       "`python bench/acid_diagnostics.py --work_dir <work_dir>`: the same NetSurfP-2.0 "
-       "training chains and CB513 residues, every feature standardised with the training "
-       "residues' statistics; logistic regressions (scikit-learn) and the CNN probe of the "
-       "table above.\n",
-       "| features | residue identity from one position | linear Q3, one residue | linear Q3, "
-       "window of 7 | CNN Q3, standardised inputs |",
-       "| --- | --- | --- | --- | --- |"]
-  for kind, d in diag.items():
-    c = d["cnn_standardised_q3"]
-    L.append(f"| {KIND_LABELS.get(kind, kind)} | {d['identity_accuracy']:.1f}% | "
-             f"{d['linear_q3_one_residue']:.1f} | {d['linear_q3_window7']:.1f} | "
-             f"{c['accuracy']:.1f} ± {c['se']:.1f} |")
-  return L + [""]
-
-
-def copy_transition(pre: dict) -> Optional[str]:
-  """When the decoder started copying the unmasked residues (ProtT5 objective only).
-
-  Full reconstruction has two parts: copy the 85% unmasked residues through
-  cross-attention (which needs the decoder to find the aligned encoder
-  position by content: T5 has no position signal across the two stacks), and
-  predict the masked 15%. Until the copy circuit forms, held-out token
-  accuracy stays near that of a left-to-right LM (~15%), and the encoder gets
-  little useful gradient.
-  """
-  if pre.get("objective", "prott5") != "prott5" or not pre["eval_history"]:
-    return None
-  ev = sorted((int(s), e) for s, e in pre["eval_history"].items())
-  after = [(s, e) for s, e in ev if e["accuracy"] > 0.5]
-  if not after:
-    return ("The decoder never learned to copy the unmasked residues from the encoder "
-            f"(held-out token accuracy ≤ {100 * max(e['accuracy'] for _, e in ev):.0f}% at every "
-            "evaluation, i.e. a left-to-right LM that ignores the encoder).")
-  s1, e1 = after[0]
-  if s1 == ev[0][0] and pre["run_start_step"]:
-    return (f"The decoder was already copying the unmasked residues when this run began "
-            f"(held-out token accuracy {100 * e1['accuracy']:.0f}% at its first evaluation, "
-            f"step {s1}): the copy transition came in the run it continues.")
-  before = [(s, e) for s, e in ev if s < s1 and e["accuracy"] < 0.25]
-  prev = f" from {100 * before[-1][1]['accuracy']:.0f}% at step {before[-1][0]}" if before else ""
-  return (f"Copy transition: held-out token accuracy rose{prev} to "
-          f"{100 * e1['accuracy']:.0f}% at step {s1}: only then did the decoder start copying "
-          "the unmasked residues from the encoder (before, it was a left-to-right LM that all "
-          "but ignored the encoder, so the encoder learned little). The masked-residue "
-          "accuracy can only climb after that (it first dips: a masked position has nothing "
-          "to copy).")
 
 
 def _slim_report(rep: dict, window: int = 10) -> dict:
@@ -995,99 +779,89 @@ def _fmt_minutes(s: float) -> str:
   return f"{s / 60:.1f} min"
 
 
+def _model_line(pre: dict) -> str:
+  cfg = ", ".join(f"{k} {v}" for k, v in pre["model_config"].items())
+  return (f"- Model: {pre['family']} ({cfg}): {pre['param_count']['total']:,} parameters "
+          f"({pre['param_count']['encoder']:,} in the encoder with its embeddings).")
+
+
+def _steps_line(pre: dict) -> str:
+  dc = pre["data_config"]
+  resumed = (f", in {pre['invocations']} invocations: this one resumed at {pre['start_step']} "
+             f"after {_fmt_minutes(pre['earlier_invocations_seconds'])} of training before it "
+             "(read from the event files)" if pre["invocations"] > 1 else "")
+  stop = (f"stopped by the {pre['train_minutes_budget']}-minute wall-clock budget at step "
+          f"{pre['stopped_by_budget_at']}" if pre["stopped_by_budget_at"] is not None
+          else "ran to train.train_steps")
+  rate = (pre["final_step"] - pre["start_step"]) * dc["batch_size"] / max(pre["train_seconds"], 1)
+  return (f"- Steps: {pre['final_step']} (started at {pre['run_start_step']}{resumed}); {stop}; "
+          f"training wall time {_fmt_minutes(pre['train_seconds'])}"
+          + (" in this invocation" if resumed else "")
+          + f" (≈ {rate:.1f} sequences/s incl. compilation and evaluation).")
+
+
+def _eval_rows(pre: dict, most: int = 24) -> list[str]:
+  """At most `most` evaluations (evenly spaced, the last always), as table rows."""
+  ev = sorted(pre["eval_history"].items(), key=lambda kv: int(kv[0]))
+  keep = ev[::max(1, math.ceil(len(ev) / most))]
+  if ev and keep[-1] != ev[-1]:
+    keep.append(ev[-1])
+  return [f"| {s} | {e['loss']:.4f} | {100 * e['accuracy']:.2f}% | "
+          f"{100 * e['masked_residue_accuracy']:.2f}% |" for s, e in keep]
+
+
 def markdown(rep: dict) -> str:
   pre, probes, crit = rep["pretraining"], rep["probes"], rep["acid_criterion"]
-  m, cfg, dc = rep["machine"], pre["model_config"], pre["data_config"]
+  m, dc = rep["machine"], pre["data_config"]
   ho, hr = pre["heldout"], pre["heldout_random_init"]
   pd_ = rep["probe_data"]
-  verdict = ("**PASSED**" if crit["passed"] else "**NOT MET**")
-  L = []
-  L.append("# Acid test: a small ProtT5 pretrained on CPU vs a random encoder of the same shape\n")
-  L.append(f"Produced by `{rep['command']}` "
-           f"(started {rep['started_utc']}, finished {rep['finished_utc']}, "
-           f"wall time {_fmt_minutes(rep['wall_seconds'])}).\n")
-  if rep.get("cached_stages"):
+  objective = dc["task_name"].rpartition("_")[2]
+  L = [f"# Acid test: {pre['family']} pretrained on CPU vs a random encoder of the same shape\n",
+       f"Produced by `{rep['command']}` (started {rep['started_utc']}, finished "
+       f"{rep['finished_utc']}, wall time {_fmt_minutes(rep['wall_seconds'])}) at commit "
+       f"{m.get('git_commit', '?')[:7]}.\n"]
+  if rep["cached_stages"]:
     L.append(f"Stages {', '.join(rep['cached_stages'])} came from the caches of an earlier "
-             f"invocation on the same work dir; their times below are from when they ran "
-             f"(sum of all stage times: {_fmt_minutes(sum(rep['stage_seconds'].values()))}).\n")
+             f"invocation on the same work dir; their times below are from when they ran.\n")
   for note in rep["settings"].get("note") or []:
     L.append(f"Note (by the person who ran it): {note}\n")
-  if rep.get("rerendered_utc"):
-    source = rep.get("rerendered_from", "cached stage results")
-    L.append(f"Re-rendered {rep['rerendered_utc']} by the same script from that run's {source} "
-             f"(no stage re-run; {rep.get('rerender_reason', '')}).\n")
   L.append("## Verdict\n")
   # Ratios to two decimals everywhere: 1.96 must not print as "2.0" beside NOT MET.
   L.append(f"Acid-test criterion (trained-LM CB513 Q3 − random-LM CB513 Q3 > 2 × combined SE): "
-           f"{verdict}. Trained {crit['trained_q3']:.2f} ± {crit['trained_se']:.2f}, random "
+           f"{'**PASSED**' if crit['passed'] else '**NOT MET**'}. Trained "
+           f"{crit['trained_q3']:.2f} ± {crit['trained_se']:.2f}, random "
            f"{crit['random_q3']:.2f} ± {crit['random_se']:.2f}: difference "
            f"{crit['difference']:+.2f} points = {crit['ratio']:.2f} × the combined SE "
            f"({crit['combined_se']:.2f}).\n")
-  paired = [(kind, rep["paired"][kind]) for kind in KIND_LABELS if rep["paired"].get(kind)]
-  if paired:
-    L.append("Paired, for context (not the criterion): both probes scored on the same "
-             "bootstrap resamples of CB513 proteins, so the chains' shared difficulty cancels; "
-             "the criterion's combined SE counts it twice. Trained LM "
-             + "; ".join(f"vs {KIND_LABELS[k]} {p['difference']:+.2f} ± {p['paired_se']:.2f} "
-                         f"points = {p['ratio']:+.1f} paired SE (better on "
-                         f"{p['proteins_better']} chains, worse on {p['proteins_worse']})"
-                         for k, p in paired) + ".\n")
+  L.append("Paired, for context (not the criterion): both probes scored on the same "
+           "bootstrap resamples of CB513 proteins, so the chains' shared difficulty cancels; "
+           "the criterion's combined SE counts it twice. Trained LM "
+           + "; ".join(f"vs {KIND_LABELS[k]} {p['difference']:+.2f} ± {p['paired_se']:.2f} "
+                       f"points = {p['ratio']:+.1f} paired SE (better on "
+                       f"{p['proteins_better']} chains, worse on {p['proteins_worse']})"
+                       for k, p in ((k, rep["paired"][k])
+                                    for k in ("random_lm",) + BASELINE_KINDS)) + ".\n")
   L.append("## Results (probes on frozen features; ± bootstrap SE over proteins)\n")
   L.append(results_table(probes) + "\n")
   L.append("Q3/Q8: CNN probe trained on the NetSurfP-2.0 training chains below; scored on "
            "residues with disorder==1 (CB513 also cb513_mask==1), pooled over residues. "
-           "Q10/Q2: per-protein "
-           f"FNN on mean-pooled features, {probes['folds']}-fold cross-validation over the "
-           "DeepLoc validation file (each fold trains on the DeepLoc training subset plus the "
-           "other folds; `Cytoplasm-Nucleus` not in Q10, U not in Q2), exactly as "
-           "`bench/probe_baselines.py`.\n")
+           f"Q10/Q2: per-protein FNN on mean-pooled features, {probes['folds']}-fold "
+           "cross-validation over the DeepLoc validation file (each fold trains on the DeepLoc "
+           "training subset plus the other folds; `Cytoplasm-Nucleus` not in Q10, U not in "
+           "Q2), exactly as `bench/probe_baselines.py`.\n")
   L.append("Where the small model stands:\n")
-  L.extend(standing(probes, pd_))
+  L.extend(standing(probes))
   L.append("")
-  if rep.get("investigations"):
-    L.extend(investigation_markdown(rep["investigations"]))
-  if rep.get("diagnostics"):
-    L.extend(diagnostics_markdown(rep["diagnostics"]))
   L.append("## Pretraining\n")
-  L.append(f"- Model: ProtT5 (T5 v1.0: ReLU FFN, tied embeddings, RMS norm, relative "
-           f"position bias), d_model {cfg['d_model']}, d_ff {cfg['d_ff']}, {cfg['num_heads']} "
-           f"heads × d_kv {cfg['d_kv']}, {cfg['num_encoder_layers']} encoder + "
-           f"{cfg['num_decoder_layers']} decoder layers, dropout {cfg['dropout_rate']}, "
-           f"compute {cfg['dtype']}: {pre['param_count']['total']:,} parameters "
-           f"({pre['param_count']['encoder']:,} in the encoder with the embedding).")
-  if pre.get("objective", "prott5") == "prott5":
-    L.append("- Objective: ProtT5's (each residue → `<extra_id_0>` with probability 0.15, the "
-             "decoder rebuilds the whole sequence; cross-entropy + 1e-4 z-loss).")
-  else:
-    head = ("a new randomly initialised linear head" if pre.get("seed_encoder_from")
-            else "the tied embedding")
-    L.append("- Objective: NOT ProtT5's (investigation run): ProtT5's masks (each residue → "
-             f"`<extra_id_0>` with probability 0.15), but the encoder alone predicts the masked "
-             f"residues through {head} (BERT-style; no decoder; cross-entropy + 1e-4 z-loss "
-             "over masked positions)."
-             + (f" The encoder started from the latest checkpoint of the ProtT5 run in "
-                f"`{pre['seed_encoder_from']}` (its decoder dropped; fresh optimiser, step 0); "
-                "the random-init row below scores a random encoder through "
-                + ("a random head." if "mlm_head" in pre.get("heldout_random_init_params", ())
-                   else "its tied embedding (reports before the control got a head).")
-                if pre.get("seed_encoder_from") else ""))
+  L.append(_model_line(pre))
+  L.append(f"- Objective: {OBJECTIVES.get(objective, objective)}"
+           + (f"; mask rate {dc['mask_rate']}" if dc.get("mask_rate") is not None else "") + ".")
   L.append(f"- Corpus: {', '.join(os.path.basename(f) for f in pre['files'])}; task "
            f"`{dc['task_name']}` with these source files; {100 * dc['validation_fraction']:.0f}% "
-           f"of the sequences held out by id hash; length {dc['sequence_length']} tokens incl. "
-           f"`</s>` (random crop of longer proteins), batch {dc['batch_size']}, no packing; "
-           f"{dc.get('backend', 'seqio')} input pipeline.")
-  resumed = (f", in {pre['invocations']} invocations: this one resumed at {pre['start_step']} "
-             f"after {_fmt_minutes(pre['earlier_invocations_seconds'])} of training before it "
-             "(read from the event files)" if pre["invocations"] > 1 else "")
-  L.append(f"- Steps: {pre['final_step']} (started at "
-           f"{pre['run_start_step']}{resumed}); "
-           + (f"stopped by the {pre['train_minutes_budget']}-minute wall-clock budget at step "
-              f"{pre['stopped_by_budget_at']}" if pre['stopped_by_budget_at'] is not None
-              else "ran to train.train_steps")
-           + f"; training wall time {_fmt_minutes(pre['train_seconds'])}"
-           + (" in this invocation" if resumed else "") + " "
-           f"(≈ {(pre['final_step'] - pre['start_step']) * dc['batch_size'] / max(pre['train_seconds'], 1):.1f} "
-           f"sequences/s incl. compilation and evaluation).")
+           f"of the sequences held out by id hash; {dc['sequence_length']} tokens a row with "
+           f"the family's framing tokens (random crop of longer proteins), batch "
+           f"{dc['batch_size']}, no packing; {dc['backend']} input pipeline.")
+  L.append(_steps_line(pre))
   L.append("- Optimiser and learning-rate schedule: the resolved gin below.\n")
   L.append(f"Held-out split ({ho['sequences']} sequences, {ho['masked_positions']} masked "
            "positions), deterministic:\n")
@@ -1098,24 +872,20 @@ def markdown(rep: dict) -> str:
              f"{100 * h['accuracy']:.2f}% | {100 * h['masked_residue_accuracy']:.2f}% |")
   L.append(f"| best constant guess at masked positions | | | | "
            f"{100 * ho['best_constant_accuracy']:.2f}% |\n")
-  copy = copy_transition(pre)
-  if copy:
-    L.append(copy + "\n")
   if pre["eval_history"]:
     L.append("Evaluation during training (first `train.eval_steps` batches of the held-out "
-             "split):\n")
+             "split; token accuracy is over the loss's targets):\n")
     L.append("| step | loss | token accuracy | masked-residue accuracy |")
     L.append("| --- | --- | --- | --- |")
-    for s, e in sorted(pre["eval_history"].items(), key=lambda kv: int(kv[0])):
-      L.append(f"| {s} | {e['loss']:.4f} | {100 * e['accuracy']:.2f}% | "
-               f"{100 * e['masked_residue_accuracy']:.2f}% |")
+    L.extend(_eval_rows(pre))
     L.append("")
   L.append(f"![pretraining curves]({rep['name']}_pretraining.png)\n")
   L.append("## Per-protein embeddings (cf. the paper's Figure 4)\n")
   L.append(f"![t-SNE]({rep['name']}_tsne.png)\n")
-  L.append(f"t-SNE (scikit-learn, PCA init, perplexity {rep['tsne']['trained_lm']['perplexity']:.0f}, "
-           f"seed {rep['settings']['seed']}) of the standardised mean-pooled embeddings of the "
-           "DeepLoc validation proteins with one of the ten locations.\n")
+  L.append(f"t-SNE (scikit-learn, PCA init, perplexity "
+           f"{rep['tsne']['trained_lm']['perplexity']:.0f}, seed {rep['settings']['seed']}) of "
+           "the standardised mean-pooled embeddings of the DeepLoc validation proteins with one "
+           "of the ten locations.\n")
   L.append("## Pooling comparison on DeepLoc, trained LM (cf. the paper's Table 10)\n")
   L.append(pooling_table(probes) + "\n")
   L.append("Q10/Q2 by the same cross-validation as above; the last column is a probe trained on "
@@ -1132,13 +902,13 @@ def markdown(rep: dict) -> str:
            f"{pd_['deeploc_train']['not_in_validation_file']} "
            f"(of {pd_['deeploc_train']['of']}) whose sequence is not in the validation file; "
            f"DeepLoc validation file whole ({pd_['deeploc_val']['proteins']} proteins).")
-  L.append(f"- Embeddings: `protjax.embed.embed_fasta`, float32 compute, stored float16, full "
-           f"length (no cropping; T5's relative positions), last encoder hidden state without "
-           f"`</s>`; random LM = the model's initialiser with seed {rep['encoders']['random_seed']}.")
+  L.append(f"- Embeddings: `protjax.embed`, float32 compute, stored float16, full length (no "
+           f"cropping), {rep['encoders']['layer_embedded']}, without the framing tokens; "
+           f"random LM = the family's initialiser with seed {rep['encoders']['random_seed']}.")
   L.append(f"- Per-residue probe: CNN (32 channels, window 7, two heads), Adam "
-           f"{probes['ss_config']['learning_rate']}, ≤ {probes['ss_config']['max_epochs']} epochs, "
-           f"patience {probes['ss_config']['patience']}, {probes['ss_config']['batch_tokens']} "
-           f"padded residues per batch.")
+           f"{probes['ss_config']['learning_rate']}, ≤ {probes['ss_config']['max_epochs']} "
+           f"epochs, patience {probes['ss_config']['patience']}, "
+           f"{probes['ss_config']['batch_tokens']} padded residues per batch.")
   L.append(f"- Per-protein probe: FNN (32 units, two heads), Adam "
            f"{probes['loc_config']['learning_rate']}, ≤ {probes['loc_config']['max_epochs']} "
            f"epochs, patience {probes['loc_config']['patience']}, batch "
@@ -1153,15 +923,14 @@ def markdown(rep: dict) -> str:
            f"{m.get('python')}, jax {m.get('jax')} ({m.get('jax_backend')}, "
            f"{m.get('jax_device_count')} devices); load average at start "
            f"{', '.join(f'{x:.1f}' for x in m.get('load_average_at_start', []))} "
-           "(the CPUs were shared with other jobs).")
+           "(the CPUs may be shared with other jobs).")
   L.append(f"- git commit {m.get('git_commit')}" + (
       f" with local changes in {', '.join(m['git_dirty_files'])}" if m.get("git_dirty_files")
       else ""))
-  order = ("pretrain", "export", "probe_data", "embed", "probes", "figures")
-  for stage, s in sorted(rep["stage_seconds"].items(),
-                         key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+  order = STAGES + ("figures",)
+  for stage, s in sorted(rep["stage_seconds"].items(), key=lambda kv: order.index(kv[0])):
     L.append(f"- {stage}: {_fmt_minutes(s)}"
-             + (" (earlier invocation)" if stage in rep.get("cached_stages", []) else ""))
+             + (" (earlier invocation)" if stage in rep["cached_stages"] else ""))
   L.append(f"- sum of the stages: {_fmt_minutes(sum(rep['stage_seconds'].values()))}; wall time "
            f"of the invocation that wrote this report: {_fmt_minutes(rep['wall_seconds'])}")
   return "\n".join(L) + "\n"
@@ -1170,48 +939,39 @@ def markdown(rep: dict) -> str:
 # --------------------------------------------------------------------------
 # Main.
 # --------------------------------------------------------------------------
-STAGES = ("pretrain", "export", "probe_data", "embed", "probes")
-
-
-class _StopAfter(Exception):
-  """Raised after the stage named by --stop_after."""
-
-
 def build_parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
+  from protjax.models import registry
+  ap.add_argument("--family", default="prott5", choices=sorted(registry.FAMILIES),
+                  help="the model family (any registered one); picks the default "
+                       "--model_gin, --gin_file and --name")
   ap.add_argument("--data", default="../shared/data", help="the shared data folder")
   ap.add_argument("--out", default=os.path.join(REPO, "bench", "results"),
-                  help="folder for acid_test.md/.json/_*.png")
-  ap.add_argument("--work_dir", default="/tmp/protjax_acid",
+                  help="folder for <name>.md/.json/_*.png")
+  ap.add_argument("--work_dir", default=None,
                   help="checkpoints, encoders, embeddings, probe caches (not committed); "
-                       "a rerun resumes from what is there")
-  ap.add_argument("--gin_file", default=os.path.join(REPO, "gin_configs", "runs", "acid_test.gin"))
-  ap.add_argument("--model_gin",
-                  default=os.path.join(REPO, "gin_configs", "models", "prott5_mini_wide.gin"),
-                  help="the model size gin, parsed before --gin_file (whose settings, "
-                       "e.g. dropout 0, apply to any size)")
+                       "a rerun resumes from what is there (default /tmp/protjax_<name>)")
+  ap.add_argument("--gin_file", default=None,
+                  help="the run gin (default gin_configs/runs/<the family's acid run>.gin)")
+  ap.add_argument("--model_gin", default=None,
+                  help="the model size gin, parsed before --gin_file (whose settings, e.g. "
+                       "dropout 0, apply to any size); default the family's acid-test model")
   ap.add_argument("--gin", action="append", default=[],
                   help="extra gin binding, e.g. --gin 'DataConfig.batch_size=16' (repeatable)")
-  ap.add_argument("--objective", default="prott5", choices=("prott5", "encoder_mlm"),
-                  help="prott5: ProtT5's (the acid test); encoder_mlm: an investigation "
-                       "objective, the encoder alone predicts the masked residues")
-  ap.add_argument("--seed_encoder_from", default=None, metavar="MODEL_DIR",
-                  help="encoder_mlm only: start from the encoder of this ProtT5 run's latest "
-                       "checkpoint (fresh optimiser, step 0) instead of a random init")
-  # NumPy by default: the sample corpus fits in memory, and on 2 cores the
+  # NumPy by default: the corpus fits in memory, and on 2 cores the
   # TensorFlow pipeline's threads take CPU from the train step.
-  ap.add_argument("--data_backend", default="numpy", choices=("auto", "seqio", "numpy"),
-                  help="pretraining input pipeline (same objective and split; see "
-                       "protjax.data.numpy_pipeline); auto: seqio if TensorFlow is installed")
+  ap.add_argument("--data_backend", default="numpy", choices=("seqio", "numpy"),
+                  help="pretraining input pipeline (same objectives and split; see "
+                       "protjax.data.numpy_pipeline)")
   ap.add_argument("--train_minutes", type=float, default=65.0,
                   help="wall-clock budget of pretraining (incl. compilation); a safety net, "
-                       "the default 11,000 steps take about 54 min on 2 quiet cores")
+                       "the run gins' steps take about 54 min on 2 quiet cores")
   ap.add_argument("--random_seed", type=int, default=1234,
                   help="init seed of the random-LM control")
   ap.add_argument("--seed", type=int, default=0, help="subsampling and probe seed")
-  # All chains, as the paper: with a 500-chain subsample (sessions 1-4) every
-  # feature set ended at the CNN's ~65 ceiling on CB513 and hid what the LM adds.
+  # All chains, as the paper: with a 500-chain subsample every feature set
+  # ended at the CNN's ~65 ceiling on CB513 and hid what the LM adds.
   ap.add_argument("--ss_train_chains", type=int, default=0,
                   help="NetSurfP-2.0 training chains for the CNN probes (<=0: all 10,792)")
   ap.add_argument("--loc_train_proteins", type=int, default=300,
@@ -1228,82 +988,42 @@ def build_parser() -> argparse.ArgumentParser:
   ap.add_argument("--embed_token_budget", type=int, default=16384)
   ap.add_argument("--tsne_perplexity", type=float, default=30.0)
   ap.add_argument("--fresh", action="store_true", help="delete --work_dir first")
-  ap.add_argument("--resume_pretraining", action="store_true",
-                  help="train on from the run's latest checkpoint for another "
-                       "--train_minutes even though an earlier invocation finished the "
-                       "pretrain stage (its budget ran out); with the same settings the run "
-                       "follows its schedule as if it had never stopped: for a "
-                       "train.train_steps longer than one sitting")
-  ap.add_argument("--stop_after", choices=STAGES[:-1],
-                  help="stop after this stage (its cache written, no report), e.g. to keep "
-                       "a multi-sitting run's pretrain/ folder between sittings")
-  ap.add_argument("--name", default="acid_test",
-                  help="output names: <out>/<name>.md, .json, <name>_pretraining.png, _tsne.png")
-  ap.add_argument("--investigation", action="append", default=[],
-                  help="acid_test.json of another run (e.g. longer pretraining) to summarise "
-                       "in an Investigation section (repeatable)")
+  ap.add_argument("--name", default=None,
+                  help="output names: <out>/<name>.md, .json, <name>_pretraining.png, _tsne.png "
+                       "(default acid_test for prott5, acid_test_<family> otherwise)")
   ap.add_argument("--note", action="append", default=[],
-                  help="a sentence printed near the top of the report (repeatable)")
-  ap.add_argument("--rerender_reason", default="",
-                  help="stated in the report when every stage comes from the caches")
-  ap.add_argument("--rerender_from", metavar="REPORT_JSON",
-                  help="re-render that report's .md and .json from the JSON alone (no work "
-                       "dir; figures kept), adding any --note and --investigation given; "
-                       "needs --rerender_reason")
+                  help="a sentence printed near the top of the report (repeatable), e.g. "
+                       "what else shared the CPU")
   return ap
 
 
-def rerender_from(path: str, notes: Sequence[str], investigations: Sequence[str],
-                  reason: str) -> dict:
-  """Rewrites `path` (a report JSON) and the .md beside it from the JSON: its
-  notes and investigations plus the given ones, the investigations' figures
-  read again. Everything else, figures included, is the run's as written."""
-  if not reason:
-    raise SystemExit("--rerender_from needs --rerender_reason (stated in the report)")
-  with open(path) as f:
-    rep = json.load(f)
-  settings = rep["settings"]
-  settings["note"] = list(settings.get("note") or []) + list(notes)
-  settings["investigation"] = list(dict.fromkeys(list(settings.get("investigation") or [])
-                                                 + list(investigations)))
-  rep["investigations"] = [_investigation(p) for p in settings["investigation"]]
-  rep.update(rerendered_utc=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-             rerender_reason=reason, rerendered_from="report JSON")
-  write_json_atomic(path, rep)
-  files.write_text_atomic(os.path.splitext(path)[0] + ".md", markdown(rep))
-  return rep
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  """The arguments with the family's defaults filled in."""
+  args = build_parser().parse_args(argv)
+  first = FIRST_NAMES.get(args.family)
+  args.model_gin = args.model_gin or os.path.join(GIN_DIR, "models",
+                                                  f"{args.family}_mini_wide.gin")
+  args.gin_file = args.gin_file or os.path.join(
+      GIN_DIR, "runs", f"{first or 'acid_test_' + args.family}.gin")
+  args.name = args.name or first or f"acid_test_{args.family}"
+  args.work_dir = args.work_dir or f"/tmp/protjax_{args.name}"
+  return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = build_parser().parse_args(argv)
-  if args.rerender_from:
-    rerender_from(args.rerender_from, args.note, args.investigation, args.rerender_reason)
-    return 0
-  if args.seed_encoder_from and args.objective != "encoder_mlm":
-    raise SystemExit("--seed_encoder_from needs --objective encoder_mlm (a ProtT5 run "
-                     "continues with --gin train.init_from=MODEL_DIR)")
+  args = parse_args(argv)
   args.data = os.path.abspath(args.data)
   work = os.path.abspath(args.work_dir)
   if args.fresh and os.path.exists(work):
     shutil.rmtree(work)
-  if args.resume_pretraining:
-    drop_stage_cache(work, "pretrain")
   os.makedirs(work, exist_ok=True)
   os.makedirs(args.out, exist_ok=True)
   t_start = time.time()
   rep: dict = {"command": " ".join(["python", "bench/acid_test.py"] + list(
       sys.argv[1:] if argv is None else argv)),
                "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-               "settings": {k: v for k, v in vars(args).items()},
-               "machine": machine(), "stage_seconds": {}}
-  previous = None
-  prev_path = os.path.join(args.out, f"{args.name}.json")
-  if os.path.exists(prev_path):
-    with open(prev_path) as f:
-      previous = json.load(f)
-    if previous.get("settings", {}).get("work_dir") != args.work_dir:
-      previous = None
-  cached = []
+               "settings": dict(vars(args)), "machine": machine(), "stage_seconds": {},
+               "cached_stages": [], "name": args.name}
 
   def stage(name, fn, *a):
     t = time.time()
@@ -1315,63 +1035,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = _cached(path, fn, *a)
     if was_cached:
       # Report how long the stage took when it ran, not the cache read.
-      cached.append(name)
-      if os.path.exists(timing):
-        with open(timing) as f:
-          rep["stage_seconds"][name] = json.load(f)["seconds"]
-      elif previous and name in previous.get("stage_seconds", {}):
-        rep["stage_seconds"][name] = previous["stage_seconds"][name]
+      rep["cached_stages"].append(name)
+      with open(timing) as f:
+        rep["stage_seconds"][name] = json.load(f)["seconds"]
     else:
       rep["stage_seconds"][name] = time.time() - t
-      write_json_atomic(timing, {"seconds": time.time() - t, "finished_utc": time.strftime(
-          "%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+      write_json_atomic(timing, {"seconds": rep["stage_seconds"][name], "finished_utc":
+                                 time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     _log(f"stage {name} {'loaded' if was_cached else 'done'} in "
          f"{(time.time() - t) / 60:.1f} min")
-    if name == args.stop_after:
-      _log(f"stopping after stage {name} (--stop_after)")
-      raise _StopAfter
     return out
 
-  try:
-    rep["pretraining"] = whole_run(stage("pretrain", pretrain, args, work))
-    rep["encoders"] = stage("export", export_encoders, args, work, rep["pretraining"])
-    rep["probe_data"] = stage("probe_data", make_probe_data, args, work)
-    rep["embeddings"] = stage("embed", embed_probe_data, args, work, rep["probe_data"],
-                              rep["encoders"])
-  except _StopAfter:
-    return 0
-  probes = stage("probes", run_probes, args, work, rep["probe_data"])
-  probes["folds"] = args.folds
-  rep["probes"] = probes
-  rep["acid_criterion"] = acid_criterion(probes)
-  rep["paired"] = paired_comparison(work, probes, rep["probe_data"])
+  rep["pretraining"] = whole_run(stage("pretrain", pretrain, args, work))
+  rep["encoders"] = stage("export", export_encoders, args, work, rep["pretraining"])
+  rep["probe_data"] = stage("probe_data", make_probe_data, args, work)
+  rep["embeddings"] = stage("embed", embed_probe_data, args, work, rep["probe_data"],
+                            rep["encoders"])
+  rep["probes"] = stage("probes", run_probes, args, work, rep["probe_data"])
+  rep["acid_criterion"] = acid_criterion(rep["probes"])
+  rep["paired"] = paired_comparison(rep["probes"])
   t = time.time()
-  rep["name"] = args.name
   plot_pretraining(rep["pretraining"], os.path.join(args.out, f"{args.name}_pretraining.png"))
   rep["tsne"] = plot_tsne(work, rep["probe_data"], os.path.join(args.out, f"{args.name}_tsne.png"),
                           args.seed, args.tsne_perplexity)
   rep["stage_seconds"]["figures"] = time.time() - t
   rep["wall_seconds"] = time.time() - t_start
   rep["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-  rep["investigations"] = [_investigation(p) for p in args.investigation]
-  diag_path = os.path.join(work, "diagnostics.json")
-  if os.path.exists(diag_path):
-    with open(diag_path) as f:
-      rep["diagnostics"] = json.load(f)
-  rep["cached_stages"] = list(cached)
-  if len(cached) == len(STAGES) and previous is not None:
-    # Nothing ran: a re-render of the earlier run's report (its clock, machine
-    # and command stand; the figures and text are redrawn).
-    for key in ("command", "started_utc", "finished_utc", "wall_seconds", "machine"):
-      rep[key] = previous[key]
-    rep["stage_seconds"]["figures"] = previous["stage_seconds"].get("figures", 0.0)
-    rep["cached_stages"] = previous.get("cached_stages", [])
-    rep["rerendered_utc"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    rep["rerender_reason"] = args.rerender_reason
   write_json_atomic(os.path.join(args.out, f"{args.name}.json"), _slim_report(rep))
-  md = markdown(rep)
-  files.write_text_atomic(os.path.join(args.out, f"{args.name}.md"), md)
-  print(results_table(probes))
+  files.write_text_atomic(os.path.join(args.out, f"{args.name}.md"), markdown(rep))
+  print(results_table(rep["probes"]))
   c = rep["acid_criterion"]
   _log(f"acid criterion {'PASSED' if c['passed'] else 'NOT MET'}: CB513 Q3 trained "
        f"{c['trained_q3']:.2f} vs random {c['random_q3']:.2f} "
