@@ -287,6 +287,11 @@ def pretrain(args, work: str) -> dict:
   result = gin.get_configurable(trainer.train)(config_str=gin.config_str(),
                                                max_minutes=args.train_minutes)
   train_seconds = time.time() - t0
+  if result.stopped == "preempted":
+    # Not a finished stage (the budget's stop is): leave it uncached, so the
+    # same command resumes from the checkpoint.
+    raise SystemExit(f"pretraining stopped at step {result.step} by SIGTERM; run the same "
+                     "command again to resume")
   config_str = gin.config_str()
   data_cfg = _data_config()
   gin.clear_config()
