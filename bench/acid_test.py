@@ -92,7 +92,8 @@ OBJECTIVES = {
           "rebuilds the whole sequence (cross-entropy + 1e-4 z-loss over every target)",
     "bert": "BERT's: 15% of the residues selected, of those 80% → `[MASK]`, 10% a random "
             "standard residue, 10% kept; the MLM head predicts the selected ones "
-            "(cross-entropy over them)",
+            "(cross-entropy over them). The masked-residue accuracy counts every selected "
+            "residue, the 10% left in place included: not the same figure as ProtT5's",
     "electra": "ELECTRA's: 25% of the residues selected and masked as BERT's; the generator "
                "predicts them, the discriminator tells its samples from the originals at "
                "every position (loss: generator + weight × discriminator); the "
