@@ -39,7 +39,9 @@ from typing import Any, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from protjax import files
 from protjax.errors import InputError
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -63,8 +65,12 @@ class CheckpointConfig:
   async_save: bool = True
 
 
-def checkpoint_dir(model_dir: str | os.PathLike) -> pathlib.Path:
-  return pathlib.Path(model_dir) / CHECKPOINT_SUBDIR
+def checkpoint_dir(model_dir: str | os.PathLike) -> epath.Path:
+  """model_dir/checkpoints, absolute as orbax wants it; a gs:// model_dir stays
+  a URL (pathlib would make `gs://b` the local `gs:/b`)."""
+  if files.is_url(model_dir):
+    return epath.Path(model_dir) / CHECKPOINT_SUBDIR
+  return epath.Path(os.path.abspath(os.fspath(model_dir))) / CHECKPOINT_SUBDIR
 
 
 class _ClosedLoopTolerant(asyncio.SelectorEventLoop):
@@ -146,7 +152,7 @@ class Checkpointer:
                config: CheckpointConfig = CheckpointConfig(),
                read_only: bool = False):
     self.config = config
-    self.directory = checkpoint_dir(model_dir).absolute()
+    self.directory = checkpoint_dir(model_dir)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=0 if read_only else config.save_every,
         max_to_keep=config.keep,
@@ -234,7 +240,7 @@ class Checkpointer:
     new path."""
     target = self.directory / f"{step}{UNREADABLE_SUFFIX}"
     if jax.process_index() == 0:
-      os.replace(self.directory / str(step), target)
+      (self.directory / str(step)).replace(target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices(f"protjax set aside step {step}")
@@ -263,7 +269,7 @@ class Checkpointer:
 def complete_steps(model_dir: str | os.PathLike) -> list[int]:
   """The complete checkpoint steps of a run, oldest first (reads nothing
   but the folder). FileNotFoundError when there is no checkpoints folder."""
-  directory = checkpoint_dir(model_dir).absolute()
+  directory = checkpoint_dir(model_dir)
   if not directory.is_dir():
     raise FileNotFoundError(f"no checkpoints directory in {model_dir}")
   with _quiet_orbax():
@@ -297,7 +303,7 @@ def restore_params(model_dir: str | os.PathLike,
   FileNotFoundError when `model_dir` holds no complete checkpoint (or no
   `step`), and InputError naming the step when its files do not restore.
   """
-  directory = checkpoint_dir(model_dir).absolute()
+  directory = checkpoint_dir(model_dir)
   steps = complete_steps(model_dir)
   if step is None:
     if not steps:
@@ -323,7 +329,7 @@ def restore_newest_params(model_dir: str | os.PathLike) -> tuple[int, dict]:
   restore, as host numpy arrays; one warning per newer step that does not
   (nothing is moved). FileNotFoundError when there is no complete
   checkpoint, InputError naming every step when none restores."""
-  directory = checkpoint_dir(model_dir).absolute()
+  directory = checkpoint_dir(model_dir)
   steps = complete_steps(model_dir)
   if not steps:
     raise FileNotFoundError(f"no complete checkpoint in {directory}")

@@ -8,6 +8,13 @@ built in a temporary sibling and renamed into place (`atomic_directory`).
 Both honour the umask, as `open` and `mkdir` do: `tempfile.mkstemp` and
 `mkdtemp` create 0600 files and 0700 folders, and a rename would make those
 the output's permissions (`default_mode`, `make_temp_dir`).
+
+One filesystem layer for paths that may be URLs: on TPU VMs the corpus and the
+model directory live in Cloud Storage (`gs://bucket/...`). `exists`, `isdir`,
+`isfile`, `glob`, `makedirs`, `rmtree`, `join` and `open_file` take local
+paths (plain `os`, no TensorFlow) or URLs (`tf.io.gfile`, which knows gs://,
+s3:// with its plugin, and the in-memory `ram://` the tests use). A URL is
+written in place: a Cloud Storage object appears whole when it is closed.
 """
 from __future__ import annotations
 
@@ -15,7 +22,9 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Iterator
+import glob as glob_lib
+import io
+from typing import IO, Iterator
 
 from protjax.errors import InputError
 
@@ -68,13 +77,114 @@ def atomic_directory(directory: str | os.PathLike, *, overwrite: bool = False) -
     raise
 
 
+def is_url(path: str | os.PathLike) -> bool:
+  """`gs://bucket/x` and the like: a path for `tf.io.gfile`, not for `os`."""
+  return "://" in os.fspath(path)
+
+
+def _gfile():
+  from protjax import tf_setup  # pylint: disable=import-outside-toplevel
+  tf_setup.import_tensorflow()
+  try:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise InputError("paths with a scheme (gs://...) are read through TensorFlow's "
+                     "tf.io.gfile: install tensorflow") from None
+  return tf.io.gfile
+
+
+def join(path: str | os.PathLike, *parts: str) -> str:
+  """os.path.join for local paths and URLs alike (pathlib would turn
+  `gs://b` into `gs:/b`)."""
+  path = os.fspath(path)
+  if is_url(path):
+    return "/".join([path.rstrip("/"), *parts])
+  return os.path.join(path, *parts)
+
+
+def exists(path: str | os.PathLike) -> bool:
+  return _gfile().exists(os.fspath(path)) if is_url(path) else os.path.exists(path)
+
+
+def isdir(path: str | os.PathLike) -> bool:
+  return _gfile().isdir(os.fspath(path)) if is_url(path) else os.path.isdir(path)
+
+
+def isfile(path: str | os.PathLike) -> bool:
+  if is_url(path):
+    return exists(path) and not isdir(path)
+  return os.path.isfile(path)
+
+
+def glob(pattern: str | os.PathLike) -> list[str]:
+  """Paths matching a glob (`*`, `?`, `[...]`), sorted."""
+  pattern = os.fspath(pattern)
+  return sorted(_gfile().glob(pattern) if is_url(pattern) else glob_lib.glob(pattern))
+
+
+def makedirs(path: str | os.PathLike) -> None:
+  """The folder and its parents (nothing to do where it exists)."""
+  if is_url(path):
+    _gfile().makedirs(os.fspath(path))
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def rmtree(path: str | os.PathLike) -> None:
+  """Removes a folder and everything in it, if it exists."""
+  if is_url(path):
+    if exists(path):
+      _gfile().rmtree(os.fspath(path))
+  else:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class _GFileReader(io.RawIOBase):
+  """A tf.io.gfile.GFile as a raw binary stream: GFile has no `readable`/
+  `readinto`, which io.BufferedReader, TextIOWrapper and gzip need."""
+
+  def __init__(self, gfile, name: str):
+    super().__init__()
+    self._gfile, self.name = gfile, name
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    data = self._gfile.read(len(buffer))
+    buffer[:len(data)] = data
+    return len(data)
+
+  def close(self) -> None:
+    if not self.closed:
+      self._gfile.close()
+    super().close()
+
+
+def open_file(path: str | os.PathLike, mode: str = "rb") -> IO:
+  """`open` for local paths and URLs ("r", "rb", "w", "wb", "a", "ab"; a
+  URL read in "rb" is a buffered binary stream, as `open` gives)."""
+  if not is_url(path):
+    return open(path, mode)  # pylint: disable=consider-using-with,unspecified-encoding
+  path = os.fspath(path)
+  gfile = _gfile().GFile(path, mode)
+  return io.BufferedReader(_GFileReader(gfile, path)) if mode == "rb" else gfile
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
   """Writes `text` to `path` through a temp file in the same folder and a rename.
 
   The temp name is unique (two writers never share one), the result gets the
   usual permissions (0666 less the umask; mkstemp alone would give 0600), and
-  the temp file is removed if anything fails. The folder must exist.
+  the temp file is removed if anything fails. The folder must exist. A URL
+  is written in place (an object store shows an object once it is closed).
   """
+  if is_url(path):
+    if not isdir(os.fspath(path).rsplit("/", 1)[0]):
+      raise InputError("output folder does not exist", path=os.fspath(path).rsplit("/", 1)[0])
+    with open_file(path, "w") as f:
+      f.write(text)
+    return
   path = os.path.abspath(os.fspath(path))
   parent = os.path.dirname(path)
   if not os.path.isdir(parent):

@@ -30,8 +30,6 @@ import json
 import logging
 import math
 import os
-import pathlib
-import shutil
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
@@ -305,11 +303,10 @@ class SummaryWriter:
     import socket
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
-    logdir = pathlib.Path(logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
-    self.path = logdir / (f"events.out.tfevents.{time.time():.6f}."
-                          f"{socket.gethostname()}.{os.getpid()}")
-    self._records = RecordWriter(open(self.path, "wb"))  # pylint: disable=consider-using-with
+    files.makedirs(logdir)  # local or gs:// (files.py)
+    self.path = files.join(logdir, f"events.out.tfevents.{time.time():.6f}."
+                           f"{socket.gethostname()}.{os.getpid()}")
+    self._records = RecordWriter(files.open_file(self.path, "wb"))
     self._records.write(event_pb2.Event(
         wall_time=time.time(), file_version="brain.Event:2"
     ).SerializeToString())
@@ -363,8 +360,9 @@ def read_run_log(logdir: str | os.PathLike) -> RunLog:
   import struct
   from tensorboard.compat.proto import event_pb2
   files_read = []
-  for path in pathlib.Path(logdir).glob("events.out.tfevents.*"):
-    data = path.read_bytes()
+  for path in files.glob(files.join(logdir, "events.out.tfevents.*")):
+    with files.open_file(path, "rb") as f:
+      data = f.read()
     events, pos = [], 0
     while pos + 12 <= len(data):  # u64 length, u32 crc, data, u32 crc
       (length,) = struct.unpack("<Q", data[pos:pos + 8])
@@ -565,17 +563,17 @@ def restore_state(ckpt: checkpoints_lib.Checkpointer, setup: TrainSetup,
   return state, meta
 
 
-def _write_run_files(model_dir: pathlib.Path, model: Model,
+def _write_run_files(model_dir: str, model: Model,
                      config_str: Optional[str]) -> None:
   """model_dir/config.gin (resolved gin) and model_config.json (the config)."""
-  model_dir.mkdir(parents=True, exist_ok=True)
+  files.makedirs(model_dir)
   if config_str is not None:
-    files.write_text_atomic(model_dir / "config.gin", config_str)
+    files.write_text_atomic(files.join(model_dir, "config.gin"), config_str)
   if dataclasses.is_dataclass(getattr(model, "config", None)):
     config = dataclasses.asdict(model.config)
     if getattr(model, "family", None):
       config["family"] = model.family
-    files.write_text_atomic(model_dir / "model_config.json", json.dumps(
+    files.write_text_atomic(files.join(model_dir, "model_config.json"), json.dumps(
         config, indent=2, sort_keys=True) + "\n")
 
 
@@ -672,9 +670,9 @@ def train(*,
     hooks: called with the step number after each step (tests, profiling).
   """
   partitioner = partitioner or partitioning_lib.make_partitioner()
-  model_dir_path = pathlib.Path(model_dir)
+  model_dir = os.fspath(model_dir)  # a local path or gs:// (files.py)
   is_chief = jax.process_index() == 0
-  new_run = not model_dir_path.exists()
+  new_run = not files.exists(model_dir)
   ckpt = checkpoints_lib.Checkpointer(model_dir, checkpoint)
   shard, num_shards = jax.process_index(), jax.process_count()
   try:
@@ -694,10 +692,10 @@ def train(*,
     # Bad data or settings: a run that never started leaves no folder behind.
     ckpt.close()
     if new_run and is_chief:
-      shutil.rmtree(model_dir_path, ignore_errors=True)
+      files.rmtree(model_dir)
     raise
   if is_chief:
-    _write_run_files(model_dir_path, model, config_str)
+    _write_run_files(model_dir, model, config_str)
 
   setup = setup_training(model, optimizer, partitioner, batch_shapes,
                          num_microbatches=num_microbatches, dropout=dropout,
@@ -726,7 +724,7 @@ def train(*,
   flops_per_example = float(model.flops_per_example(batch_shapes))
   tokens_per_example = float(model.tokens_per_example(batch_shapes))
   peak = peak_flops if peak_flops is not None else peak_flops_per_device()
-  writer = SummaryWriter(model_dir_path / "tensorboard") if is_chief else None
+  writer = SummaryWriter(files.join(model_dir, "tensorboard")) if is_chief else None
   meta_base = {"data_seed": getattr(train_data, "seed", None),
                "data_offset": data_offset,
                "rng": [int(x) for x in np.asarray(jax.device_get(state.rng))]}

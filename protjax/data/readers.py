@@ -44,6 +44,7 @@ import re
 import zlib
 from typing import Iterator, Optional, TextIO
 
+from protjax import files as files_lib
 from protjax.errors import InputError
 
 # The 25 residue letters both ProtTrans vocabularies know.
@@ -106,19 +107,22 @@ def open_text(path: str | os.PathLike) -> TextIO:
   named `.gz` but does not start like gzip data.
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not files_lib.exists(path):
     raise InputError("no such file", path=path)
-  if os.path.isdir(path):
+  if files_lib.isdir(path):
     raise InputError("is a directory, expected a file", path=path)
-  with open(path, "rb") as f:
+  with files_lib.open_file(path, "rb") as f:
     magic = f.read(2)
   if magic == b"\x1f\x8b":
-    return io.TextIOWrapper(_GzipReader(path, "rb"), encoding="utf-8",
-                            errors="surrogateescape", newline="")
+    raw = files_lib.open_file(path, "rb")
+    reader = _GzipReader(path, "rb", fileobj=raw)
+    reader.myfileobj = raw  # closed with the reader, as a file it opened itself
+    return io.TextIOWrapper(reader, encoding="utf-8", errors="surrogateescape", newline="")
   if path.endswith(".gz"):
     raise InputError("named .gz but is not gzip data (rename it if it is plain text)",
                      path=path)
-  return open(path, "r", encoding="utf-8", errors="surrogateescape", newline="")
+  return io.TextIOWrapper(files_lib.open_file(path, "rb"), encoding="utf-8",
+                          errors="surrogateescape", newline="")
 
 
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
@@ -401,11 +405,12 @@ def resolve_files(patterns, corpus: str) -> list[str]:
   """
   files = set()
   for p in patterns:
-    p = os.path.expanduser(os.fspath(p))
-    matched = glob.glob(p) if glob.has_magic(p) else ([p] if os.path.exists(p) else [])
+    p = os.fspath(p) if files_lib.is_url(p) else os.path.expanduser(os.fspath(p))
+    matched = (files_lib.glob(p) if glob.has_magic(p)
+               else ([p] if files_lib.exists(p) else []))
     if not matched:
       raise InputError(f"matches no file (corpus {corpus!r})", path=p)
-    files.update(m for m in matched if os.path.isfile(m))
+    files.update(m for m in matched if files_lib.isfile(m))
   if not files:
     raise InputError(f"patterns {list(patterns)} match no regular file (corpus {corpus!r})")
   return sorted(files)
