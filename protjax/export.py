@@ -34,6 +34,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from protjax import files
 from protjax.errors import InputError, cli_main
 from protjax.files import atomic_directory, default_mode
 from protjax.hf import SAFETENSORS_FILE
@@ -333,8 +334,8 @@ def is_training_run(directory: str | os.PathLike) -> bool:
   directory = os.fspath(directory)
   # "checkpoints" is protjax.checkpoints.CHECKPOINT_SUBDIR, not imported here:
   # that module pulls in orbax, which load_training_run reports if missing.
-  return (os.path.isfile(os.path.join(directory, TRAINING_CONFIG_FILE))
-          and os.path.isdir(os.path.join(directory, "checkpoints")))
+  return (files.isfile(files.join(directory, TRAINING_CONFIG_FILE))
+          and files.isdir(files.join(directory, "checkpoints")))
 
 
 def load_training_run(model_dir: str | os.PathLike, step: Optional[int] = None
@@ -350,7 +351,7 @@ def load_training_run(model_dir: str | os.PathLike, step: Optional[int] = None
     from protjax import checkpoints
   except ImportError as e:
     raise InputError(f"training checkpoints cannot be read here ({e})") from None
-  config_path = os.path.join(model_dir, TRAINING_CONFIG_FILE)
+  config_path = files.join(model_dir, TRAINING_CONFIG_FILE)
   fields = _read_json(config_path)
   family = _family_named(fields.pop("family", "prott5"), path=config_path)
   config = family.config_from_dict(fields, path=config_path)
@@ -371,11 +372,11 @@ def load_model(directory: str | os.PathLike, kind: Optional[str] = None,
   `kind="encoder"` reduces a full model to its encoder.
   """
   directory = os.fspath(directory)
-  if os.path.isfile(directory):
+  if files.isfile(directory):  # local, or a training run in a bucket (gs://)
     raise InputError("is a file, not a model directory (protjax reads params checkpoints, "
                      "training runs and Hugging Face directories; pickle files are never "
                      "loaded)", path=directory)
-  if not os.path.isdir(directory):
+  if not files.isdir(directory):
     raise InputError("model directory does not exist", path=directory)
   if is_training_run(directory):
     return _reduce(load_training_run(directory, step), kind, where=directory)

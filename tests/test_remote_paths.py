@@ -83,7 +83,11 @@ def test_a_run_reads_its_fasta_and_writes_its_files_on_a_url(tmp_path, monkeypat
   assert exit_info.value.code == 0
   with files.open_file(f"{model_dir}/config.gin", "r") as f:
     assert f"DataConfig.source_files = '{data}/*.fasta'" in f.read()
-  assert files.isfile(f"{model_dir}/model_config.json")
+  # What protjax-export / protjax-embed read first from a run in a bucket.
+  from protjax import export, hf
+  assert hf.read_json(f"{model_dir}/model_config.json")["family"] == "prott5"
+  files.makedirs(f"{model_dir}/checkpoints")  # (orbax's own folder: local here)
+  assert export.is_training_run(model_dir)
   loss = trainer.read_run_log(f"{model_dir}/tensorboard").scalars["train/loss"]
   assert sorted(loss) == [1, 2, 3]
   assert checkpoints.Checkpointer(model_dir).latest_step() == 3

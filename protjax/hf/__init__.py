@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from protjax import files
 from protjax.errors import InputError
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -55,11 +56,11 @@ def set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
 
 def read_json(path: str) -> dict:
   """A JSON object from `path`; InputError naming the file otherwise."""
-  if not os.path.isfile(path):
+  if not files.isfile(path):  # local, or gs:// (a training run in a bucket)
     raise InputError("file not found", path=path)
   try:
-    with open(path, encoding="utf-8") as f:
-      obj = json.load(f)
+    with files.open_file(path, "rb") as f:
+      obj = json.loads(f.read().decode("utf-8"))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise InputError(f"not valid JSON ({e})", path=path) from None
   if not isinstance(obj, dict):
