@@ -368,7 +368,8 @@ def _cost(compiled_or_lowered) -> dict:
 
 def _memory(compiled) -> dict:
   """The compiler's per-device memory figures; total = arguments + outputs -
-  donated (aliased) + temporaries + the program itself."""
+  donated (aliased) + temporaries + the program itself (on TPU, `_finish`
+  takes XLA's peak of live buffers + the program instead)."""
   m = compiled.memory_analysis()
   if m is None:
     return {}
@@ -376,9 +377,12 @@ def _memory(compiled) -> dict:
             "alias_size_in_bytes", "temp_size_in_bytes",
             "generated_code_size_in_bytes")
   out = {f.replace("_size_in_bytes", ""): int(getattr(m, f, 0) or 0) for f in fields}
-  # (XLA:CPU's peak_memory_in_bytes leaves the temporaries out: not used.)
   out["total"] = (out["argument"] + out["output"] - out["alias"] + out["temp"]
                   + out["generated_code"])
+  # XLA:TPU's own peak of live buffers (arguments, temporaries and outputs are
+  # not all live at once), what it checked against HBM; XLA:CPU's leaves the
+  # temporaries out, so there the sum above stands.
+  out["peak"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
   return out
 
 
@@ -390,6 +394,8 @@ def _finish(plan: dict, topology: Topology, compiled, oom: Optional[dict],
   argument_bytes = plan["params_bytes"] + plan["opt_state_bytes"] + plan["batch_bytes"]
   if compiled is not None:
     mem = _memory(compiled)
+    if topology.platform == "tpu" and mem["peak"]:
+      mem["sum"], mem["total"] = mem["total"], mem["peak"] + mem["generated_code"]
     plan["memory"] = mem
     plan["fits"] = limit is None or mem["total"] <= limit
     cost = _cost(compiled)
