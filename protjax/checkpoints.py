@@ -29,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import pathlib
 import signal
+import sys
 import threading
 from typing import Any, Optional
 
@@ -102,13 +104,32 @@ def _quiet_orbax():
   logger = logging.getLogger("absl")
   level = logger.level
   policy = asyncio.get_event_loop_policy()
+  hook = sys.unraisablehook
   logger.setLevel(logging.ERROR)
   asyncio.set_event_loop_policy(_TolerantLoopPolicy())
+  sys.unraisablehook = _drop_orbax_coroutines(hook)
   try:
     yield
   finally:
+    # The reads a failed restore left behind are collected here, while their
+    # 'Exception ignored in: <coroutine ...>' reports are still dropped.
+    gc.collect()
+    sys.unraisablehook = hook
     asyncio.set_event_loop_policy(policy)
     logger.setLevel(level)
+
+
+def _drop_orbax_coroutines(hook):
+  """An unraisable-exception hook that drops orbax's abandoned read coroutines
+  (a failed restore closes its loop with other reads in flight; each one's
+  error surfaces when the coroutine is collected) and passes on the rest."""
+  def drop(unraisable):
+    obj = unraisable.object
+    if asyncio.iscoroutine(obj) and "orbax" in getattr(obj, "__qualname__", "") + str(
+        getattr(getattr(obj, "cr_code", None), "co_filename", "")):
+      return
+    hook(unraisable)
+  return drop
 
 
 def missing_file(step_dir: pathlib.Path, items: tuple[str, ...] = ITEMS) -> Optional[str]:
