@@ -49,7 +49,6 @@ attention evaluates the mask block by block: memory linear in the length.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -160,18 +159,7 @@ def get_config(name: str, **overrides) -> BertConfig:
   keyword overrides replace fields afterwards, e.g.
   `get_config("protbert_paper", attention_impl="blockwise")`.
   """
-  path = GIN_DIR / f"{name}.gin"
-  if name not in CONFIG_NAMES:
-    path = pathlib.Path(name)
-    if not path.is_file():
-      raise InputError(f"unknown model config {name!r}; choose one of {CONFIG_NAMES} "
-                       "or give a gin file path")
-  bindings = t5.read_gin_bindings(path.resolve(), BertConfig)
-  bindings.update(overrides)
-  try:
-    return BertConfig(**bindings)
-  except (TypeError, ValueError) as e:
-    raise InputError(str(e), path=str(path)) from e
+  return t5.config_from_gin(BertConfig, name, GIN_DIR / f"{name}.gin", CONFIG_NAMES, **overrides)
 
 
 # ----------------------------------------------------------------------------- modules

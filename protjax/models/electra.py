@@ -56,7 +56,6 @@ fingerprint of the batch, so the loss stays a pure function of (params, batch).
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -189,18 +188,7 @@ def get_config(name: str, **overrides) -> ElectraConfig:
   Names are the file stems ("protelectra_tiny", "protelectra_paper"); keyword
   overrides replace fields afterwards.
   """
-  path = GIN_DIR / f"{name}.gin"
-  if name not in CONFIG_NAMES:
-    path = pathlib.Path(name)
-    if not path.is_file():
-      raise InputError(f"unknown model config {name!r}; choose one of {CONFIG_NAMES} "
-                       "or give a gin file path")
-  bindings = t5.read_gin_bindings(path.resolve(), ElectraConfig)
-  bindings.update(overrides)
-  try:
-    return ElectraConfig(**bindings)
-  except (TypeError, ValueError) as e:
-    raise InputError(str(e), path=str(path)) from e
+  return t5.config_from_gin(ElectraConfig, name, GIN_DIR / f"{name}.gin", CONFIG_NAMES, **overrides)
 
 
 # ----------------------------------------------------------------------------- modules

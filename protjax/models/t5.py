@@ -168,17 +168,22 @@ def get_config(name: str, **overrides) -> T5Config:
   Keyword overrides replace fields afterwards, e.g.
   `get_config("small", attention_impl="blockwise")`.
   """
-  from protjax.errors import InputError
-  path = GIN_DIR / f"prott5_{name}.gin"
-  if name not in CONFIG_NAMES:
-    path = pathlib.Path(name)
-    if not path.is_file():
-      raise InputError(f"unknown model config {name!r}; choose one of {CONFIG_NAMES} "
-                       "or give a gin file path")
-  bindings = read_gin_bindings(path.resolve(), T5Config)
+  return config_from_gin(T5Config, name, GIN_DIR / f"prott5_{name}.gin", CONFIG_NAMES,
+                         **overrides)
+
+
+def config_from_gin(config_cls, name: str, sized: pathlib.Path, names, **overrides):
+  """`config_cls` from the gin file `sized` when `name` is one of `names`, else
+  from the gin file at path `name`; keyword overrides replace fields after.
+  Every family's `get_config` is this; bad values are InputErrors naming the file."""
+  path = sized if name in names else pathlib.Path(name)
+  if name not in names and not path.is_file():
+    raise InputError(f"unknown model config {name!r}; choose one of {names} "
+                     "or give a gin file path")
+  bindings = read_gin_bindings(path.resolve(), config_cls)
   bindings.update(overrides)
   try:
-    return T5Config(**bindings)
+    return config_cls(**bindings)
   except (TypeError, ValueError) as e:
     raise InputError(str(e), path=str(path)) from e
 
