@@ -221,8 +221,12 @@ def render(entries: list[dict]) -> str:
       HEADER, "|" + " --- |" * 14]
   for run, slice_name in paper_runs():
     e = current.get((run, slice_name))
-    lines.append(_row(e) if e else f"| {run} | {slice_name} | not planned with the "
-                 "current gin file yet |" + " |" * 11)
+    if slice_name is None:
+      lines.append(f"| {run} | ? | not planned: no slice known for this run (add it to "
+                   "SLICES in bench/plan_paper_runs.py) |" + " |" * 11)
+    else:
+      lines.append(_row(e) if e else f"| {run} | {slice_name} | not planned with the "
+                   "current gin file yet |" + " |" * 11)
   lines += ["", "## Every plan kept (earlier gin files and the fixes explored)", "",
             HEADER[:-1] + "| gin |", "|" + " --- |" * 15]
   for e in entries:
