@@ -31,6 +31,11 @@ ACT_MLP = "act_mlp"
 ACT_HEADS = "act_heads"
 ACT_KV = "act_kv"
 ACT_VOCAB = "act_vocab"
+# Transformer-XL / XLNet memory `[batch, layers, mem_len, embed]`
+# (`protjax.models.recurrence`): its layer and memory-length axes.
+ACT_LAYERS = "act_layers"
+MEM_LENGTH = "mem_length"
 
 PARAM_AXES = (VOCAB, EMBED, MLP, HEADS, KV, RELPOS_BUCKETS, ABSPOS, TOKEN_TYPES, TOKEN_EMBED)
-ACTIVATION_AXES = (BATCH, LENGTH, ACT_EMBED, ACT_MLP, ACT_HEADS, ACT_KV, ACT_VOCAB)
+ACTIVATION_AXES = (BATCH, LENGTH, ACT_EMBED, ACT_MLP, ACT_HEADS, ACT_KV, ACT_VOCAB,
+                   ACT_LAYERS, MEM_LENGTH)

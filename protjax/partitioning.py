@@ -50,11 +50,11 @@ Rules = tuple[tuple[str, Optional[str]], ...]
 _ACT_REPLICATED: Rules = (
     (axes.BATCH, DATA), (axes.LENGTH, None), (axes.ACT_EMBED, None),
     (axes.ACT_MLP, None), (axes.ACT_HEADS, None), (axes.ACT_KV, None),
-    (axes.ACT_VOCAB, None))
+    (axes.ACT_VOCAB, None), (axes.ACT_LAYERS, None), (axes.MEM_LENGTH, None))
 _ACT_TP: Rules = (
     (axes.BATCH, DATA), (axes.LENGTH, None), (axes.ACT_EMBED, None),
     (axes.ACT_MLP, MODEL), (axes.ACT_HEADS, MODEL), (axes.ACT_KV, None),
-    (axes.ACT_VOCAB, MODEL))
+    (axes.ACT_VOCAB, MODEL), (axes.ACT_LAYERS, None), (axes.MEM_LENGTH, None))
 
 # BERT / ALBERT tables stay whole without FSDP. The token-embedding width is
 # never split: it shares kernels with `embed` (ALBERT's projection, the MLM
