@@ -98,6 +98,10 @@ OBJECTIVES = {
                "predicts them, the discriminator tells its samples from the originals at "
                "every position (loss: generator + weight × discriminator); the "
                "masked-residue accuracy is the generator's",
+    "xlnet": "XLNet's permutation LM: a random factorisation order per protein, the last "
+             "1/6 of it predicted by the query stream from the positions before it in the "
+             "order (cross-entropy over them); the masked-residue accuracy is over those "
+             "predicted positions",
 }
 LM_KINDS = ("trained_lm", "random_lm")
 BASELINE_KINDS = ("onehot", "blosum62")
@@ -211,13 +215,18 @@ def random_params(family: str, config, batch_shapes: dict, seed: int) -> dict:
   return model.init_variables(jax.random.PRNGKey(seed), shapes)["params"]
 
 
-def _scored_positions(batch: dict) -> tuple[np.ndarray, np.ndarray]:
+def _scored_positions(batch: dict, model=None) -> tuple[np.ndarray, np.ndarray]:
   """Where a batch's masked-residue accuracy is scored, and the targets there.
 
   The positions the objective masked: encoder-only features mark them with
   their loss weights (BERT's kept and randomised residues included); in a
-  full reconstruction they are where the input differs from its aligned target.
+  full reconstruction they are where the input differs from its aligned
+  target; an objective that picks its targets on the device (ProtXLNet's
+  permutation) says where its evaluation loss predicts (`scored_positions`).
   """
+  own = getattr(model, "scored_positions", None)
+  if own is not None:
+    return own(batch)
   if "encoder_loss_weights" in batch:
     return batch["encoder_loss_weights"] > 0, batch["encoder_target_tokens"]
   targets = batch["decoder_target_tokens"]
@@ -242,7 +251,7 @@ def heldout_eval(model, params_sets: Sequence[dict], data_cfg, max_batches: int 
   for i, batch in enumerate(data_cfg.get_dataset("validation", repeat=False)):
     if i >= max_batches:
       break
-    masked, targets = _scored_positions(batch)
+    masked, targets = _scored_positions(batch, model)
     nm = int(masked.sum())
     for j, params in enumerate(params_sets):
       m = jax.device_get(step(params, batch))

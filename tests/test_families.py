@@ -24,7 +24,8 @@ TINY = {"prott5": dict(num_heads=4, num_encoder_layers=1, num_decoder_layers=1),
         "protbert": dict(num_heads=4, num_layers=1),
         "protalbert": dict(num_heads=4, num_layers=2),
         "protelectra": dict(num_heads=4, num_layers=1, generator_num_heads=4,
-                            generator_num_layers=1)}
+                            generator_num_layers=1),
+        "protxlnet": dict(num_heads=4, num_layers=1)}
 
 
 def tiny_model(family: str, **overrides):
@@ -132,6 +133,7 @@ def _paper_specs(family: str, size: str, rules: str, mesh_shape):
     ("protalbert", "paper", 32, "tp"),
     ("protelectra", "paper", 8, "tp"),
     ("protelectra", "paper", 32, "fsdp+tp"),
+    ("protxlnet", "paper", 8, "tp"),
 ])
 def test_paper_sizes_split_every_large_weight(family, size, model_parallel, rules):
   """Every parameter of more than a million elements is split at least

@@ -32,7 +32,8 @@ CONVERTERS = ("encdec", "encoder")
 _PURPOSE_ORDER, _PURPOSE_CROP, _PURPOSE_MASK = 0, 1, 2
 # The objective of each task suffix (preprocessors.make_objective, without
 # TensorFlow): default mask rate and the feature converter a task gets.
-OBJECTIVES = {"t5": (0.15, "encdec"), "bert": (0.15, "encoder"), "electra": (0.25, "encoder")}
+OBJECTIVES = {"t5": (0.15, "encdec"), "bert": (0.15, "encoder"), "electra": (0.25, "encoder"),
+              "xlnet": (0.0, "encoder")}
 # BERT's random replacements: the 20 standard residues (preprocessors.STANDARD_RESIDUES).
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
@@ -69,23 +70,28 @@ def record_order(n: int, seed: int, shard: int, shuffle: bool, repeat: bool) -> 
                 else range(n))
 
 
-def _prefix(vocab: ResidueVocabulary) -> list[int]:
-  """`[CLS]` for the ProtBert vocabulary, nothing for ProtT5's."""
-  return [vocab.cls_id] if isinstance(vocab, ProtBertVocabulary) else []
+def _framing(vocab: ResidueVocabulary, objective: str = "") -> tuple[list[int], list[int]]:
+  """(prefix, suffix) ids: `residues </s>` (ProtT5), `[CLS] residues [SEP]`
+  (ProtBert vocabulary), `residues [SEP] [CLS]` (XLNet, "xlnet")."""
+  if not isinstance(vocab, ProtBertVocabulary):
+    return [], [vocab.eos_id]
+  if objective == "xlnet":
+    return [], [vocab.eos_id, vocab.cls_id]
+  return [vocab.cls_id], [vocab.eos_id]
 
 
 def encode_batch(seqs: Sequence[str], length: int, vocab: ResidueVocabulary,
-                 rng: np.random.Generator) -> np.ndarray:
-  """Random windows of the residues that fit, framed (`residues </s>` or
-  `[CLS] residues [SEP]`) and 0-padded: int32 `[b, length]`."""
+                 rng: np.random.Generator, objective: str = "") -> np.ndarray:
+  """Random windows of the residues that fit, framed as the objective frames
+  them (`_framing`) and 0-padded: int32 `[b, length]`."""
   tokens = np.zeros((len(seqs), length), np.int32)
-  prefix = _prefix(vocab)
-  max_res = length - len(prefix) - 1
+  prefix, suffix = _framing(vocab, objective)
+  max_res = length - len(prefix) - len(suffix)
   starts = rng.random(len(seqs))
   for row, seq in enumerate(seqs):
     slack = max(len(seq) - max_res, 0)
     start = min(int(starts[row] * (slack + 1)), slack)
-    ids = prefix + list(vocab.encode(seq[start:start + max_res])) + [vocab.eos_id]
+    ids = prefix + list(vocab.encode(seq[start:start + max_res])) + suffix
     tokens[row, :len(ids)] = ids
   return tokens
 
@@ -140,8 +146,8 @@ def get_dataset(task_name: str, *, split: str, sequence_length: int, batch_size:
   del shuffle_buffer_size
   corpus, _, objective = task_name.rpartition("_")
   if objective not in OBJECTIVES or not corpus:
-    raise InputError(f"the numpy data backend runs a '*_t5', '*_bert' or '*_electra' task, "
-                     f"not {task_name!r}")
+    raise InputError(f"the numpy data backend runs a '*_t5', '*_bert', '*_electra' or "
+                     f"'*_xlnet' task, not {task_name!r}")
   if pack or length_policy != "crop":
     raise InputError("the numpy data backend does not pack or drop; use DataConfig.backend = "
                      "'seqio' for pack=True or length_policy='drop'")
@@ -176,6 +182,6 @@ def get_dataset(task_name: str, *, split: str, sequence_length: int, batch_size:
     if len(rows) < batch_size:
       return
     tokens = encode_batch([seqs[i] for i in rows], sequence_length, vocab,
-                          _rng(seed, shard, step, _PURPOSE_CROP))
+                          _rng(seed, shard, step, _PURPOSE_CROP), objective)
     yield mask_and_convert(tokens, vocab, rate, _rng(seed, shard, step, _PURPOSE_MASK), kind,
                            objective)

@@ -15,6 +15,10 @@ Objectives (REFERENCE.md):
   become `[MASK]`, 10% a random standard residue, 10% stay; loss weights are 1
   exactly at the selected positions. ELECTRA's generator uses the same with
   25% selection (`OBJECTIVES["electra"]`).
+- "xlnet": ProtXLNet. Framed as XLNet (`residues [SEP] [CLS]`) and left
+  unmasked (mask rate 0: inputs = targets, no loss weights): its permutation
+  language model draws the factorisation order, targets and masks on the
+  device from the step's rng (`protjax.models.xlnet.permutation_targets`).
 Special tokens (`</s>`, `[CLS]`, `[SEP]`) and padding are never masked.
 """
 from __future__ import annotations
@@ -43,7 +47,7 @@ class Objective:
   """A pretraining objective: how sequences are framed and masked.
 
   Attributes:
-    name: "t5", "bert" or "electra".
+    name: "t5", "bert", "electra" or "xlnet".
     vocabulary: the residue vocabulary of the model family.
     mask_rate: probability that a residue is selected for masking.
     prefix_ids: ids put before the residues (`[CLS]` for ProtBert).
@@ -81,7 +85,7 @@ class Objective:
 
 def make_objective(name: str, mask_rate: Optional[float] = None,
                    map_rare_residues: bool = True) -> Objective:
-  """The objective `name` in {"t5", "bert", "electra"} with its paper defaults."""
+  """The objective `name` in {"t5", "bert", "electra", "xlnet"} with its paper defaults."""
   if name == "t5":
     v = ProtT5Vocabulary(map_rare_residues=map_rare_residues)
     return Objective("t5", v, 0.15 if mask_rate is None else mask_rate,
@@ -91,10 +95,14 @@ def make_objective(name: str, mask_rate: Optional[float] = None,
     default = 0.15 if name == "bert" else 0.25
     return Objective(name, v, default if mask_rate is None else mask_rate,
                      prefix_ids=(v.cls_id,), suffix_ids=(v.eos_id,))
-  raise ValueError(f"unknown objective {name!r}; expected t5, bert or electra")
+  if name == "xlnet":
+    v = ProtBertVocabulary(map_rare_residues=map_rare_residues)
+    return Objective(name, v, 0.0 if mask_rate is None else mask_rate,
+                     suffix_ids=(v.eos_id, v.cls_id))
+  raise ValueError(f"unknown objective {name!r}; expected t5, bert, electra or xlnet")
 
 
-OBJECTIVE_NAMES = ("t5", "bert", "electra")
+OBJECTIVE_NAMES = ("t5", "bert", "electra", "xlnet")
 
 
 # --- seeds -------------------------------------------------------------------

@@ -201,6 +201,10 @@ def to_hf_array(x: np.ndarray, transform: str, d: dict[str, int]) -> np.ndarray:
     return x[None]
   if transform == "scalar":  # and its bias [] -> [1]
     return x.reshape(1)
+  if transform == "heads_in_last":  # XLNet's `o`: [heads, kv, embed] -> [embed, heads, kv]
+    return x.transpose(2, 0, 1)
+  if transform == "vector_3d":  # XLNet's `mask_emb`: [embed] -> [1, 1, embed]
+    return x[None, None]
   raise AssertionError(transform)
 
 
@@ -219,6 +223,10 @@ def from_hf_array(x: np.ndarray, transform: str, d: dict[str, int]) -> np.ndarra
     return x[0]
   if transform == "scalar":
     return x.reshape(())
+  if transform == "heads_in_last":
+    return x.transpose(1, 2, 0)
+  if transform == "vector_3d":
+    return x[0, 0]
   raise AssertionError(transform)
 
 

@@ -91,6 +91,9 @@ class Family:
       (ProtBert and ProtAlbert share one config class).
     hf_module: the `protjax.hf` weight-mapping module's name.
     layer_embedded: what `protjax-embed` writes, for the docs and the files.
+    packable: whether `protjax-embed` may pack several proteins in a row
+      (False for ProtTXL: where a protein's segments start, hence what its
+      memory holds, would depend on the proteins packed before it).
   """
   name: str
   model_module: str
@@ -104,6 +107,7 @@ class Family:
   hf_module: str = ""
   layer_embedded: str = "the last hidden state"
   extra_kinds: tuple[str, ...] = ()
+  packable: bool = True
 
   @property
   def kinds(self) -> tuple[str, ...]:
@@ -181,6 +185,11 @@ def _electra_model(config):
   return electra.ElectraRTDModel(config)
 
 
+def _xlnet_model(config):
+  from protjax.models import xlnet  # pylint: disable=import-outside-toplevel
+  return xlnet.PermutationLMModel(config)
+
+
 def _prott5_vocabulary():
   from protjax import tokenizer  # pylint: disable=import-outside-toplevel
   return tokenizer.TokenListVocabulary(tokenizer.prott5_tokens(), unk_token="<unk>",
@@ -191,6 +200,13 @@ def _protbert_vocabulary():
   from protjax import tokenizer  # pylint: disable=import-outside-toplevel
   return tokenizer.TokenListVocabulary(tokenizer.protbert_tokens(), unk_token="[UNK]",
                                        pad_token="[PAD]", prefix=("[CLS]",), suffix=("[SEP]",))
+
+
+def _protxlnet_vocabulary():
+  """ProtBert's 30 tokens framed as XLNet frames: `residues [SEP] [CLS]`."""
+  from protjax import tokenizer  # pylint: disable=import-outside-toplevel
+  return tokenizer.TokenListVocabulary(tokenizer.protbert_tokens(), unk_token="[UNK]",
+                                       pad_token="[PAD]", suffix=("[SEP]", "[CLS]"))
 
 
 FAMILIES: Mapping[str, Family] = {
@@ -218,6 +234,13 @@ FAMILIES: Mapping[str, Family] = {
         vocabulary=_protbert_vocabulary, make_model=_electra_model,
         hf_module="protjax.hf.electra",
         layer_embedded="the discriminator's last encoder layer output (no head)"),
+    "protxlnet": Family(
+        name="protxlnet", model_module="protjax.models.xlnet", config_class="XLNetConfig",
+        encoder_class="XLNetEncoder", objective="xlnet", full_kind="lm_head",
+        vocabulary=_protxlnet_vocabulary, make_model=_xlnet_model, hf_module="protjax.hf.xlnet",
+        packable=False,
+        layer_embedded="the last layer's content stream (no LM head); proteins longer than "
+                       "the target length segment by segment through the memory"),
 }
 
 
@@ -243,7 +266,7 @@ def get_model(family: str = "prott5", config: Any = None):
   Args:
     family: one of FAMILIES.
     config: the family's config dataclass (gin: `@T5Config()`, `@BertConfig()`,
-      `@ElectraConfig()`),
+      `@ElectraConfig()`, `@XLNetConfig()`),
       or a size name ("tiny", "xl", ...), or None for the family's tiny size.
   """
   fam = get_family(family)
