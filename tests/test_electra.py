@@ -7,7 +7,6 @@ test_families.py and test_family_road.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -22,7 +21,8 @@ from protjax import export, partitioning
 from protjax.errors import InputError
 from protjax.hf import electra as hf_electra
 from protjax.models import bert, electra, registry
-from protjax.vocab import ProtBertVocabulary
+
+from helpers import bert_tokens, rel_error
 
 SEQUENCES = ["MGCMKSKQTFPFPTIYEGEKQHESEEPFMPEERCLPRMASPVNVKEEVKEPPGTNTVILE",
              "MPMKSLRNDHGTLKAMIGSDFNELTIAAKNLATHAF", "MNWTAATCWALL"]
@@ -33,21 +33,6 @@ PARITY = dict(embedding_size=24, num_layers=1, generator_num_layers=1)
 
 def tiny(**overrides):
   return electra.get_config("protelectra_tiny", **overrides)
-
-
-def tokenize(sequences):
-  """`[CLS] residues [SEP]`, right-padded with [PAD]=0: `[batch, max_len + 2]` int32."""
-  vocab = ProtBertVocabulary()
-  ids = [[vocab.cls_id] + list(vocab.encode(s)) + [vocab.eos_id] for s in sequences]
-  out = np.zeros((len(ids), max(map(len, ids))), np.int32)
-  for i, row in enumerate(ids):
-    out[i, :len(row)] = row
-  return out
-
-
-def rel_error(a, b):
-  return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-               / np.linalg.norm(np.asarray(b, np.float64)))
 
 
 def _flat(tree):
@@ -64,7 +49,7 @@ def reference():
   transformers = pytest.importorskip("transformers")
   config = tiny(**PARITY)
   out = {"config": config}
-  tokens = tokenize(SEQUENCES)
+  tokens = bert_tokens(SEQUENCES)
   ids, mask = torch.from_numpy(tokens).long(), torch.from_numpy(tokens != 0).long()
   for kind, cls in (("discriminator", transformers.ElectraForPreTraining),
                     ("generator", transformers.ElectraForMaskedLM)):
@@ -89,7 +74,7 @@ def reference():
 
 
 def test_imported_weights_give_hf_logits_and_hidden_states(reference):
-  config, tokens = reference["config"], tokenize(SEQUENCES)
+  config, tokens = reference["config"], bert_tokens(SEQUENCES)
   keep = tokens != 0
   disc_state, disc_logits, disc_hidden = reference["discriminator"]
   gen_state, gen_logits, gen_hidden = reference["generator"]
@@ -241,7 +226,7 @@ def test_flops_count_both_models():
 
 def _batch():
   """Two proteins, four masked positions ([MASK] = 4), one padded row."""
-  targets = tokenize(["MKTAYIAKQR", "MPLLV"])
+  targets = bert_tokens(["MKTAYIAKQR", "MPLLV"])
   weights = np.zeros_like(targets)
   weights[0, [2, 4, 6, 9]] = weights[1, [1, 3]] = 1
   return {"encoder_input_tokens": np.where(weights > 0, 4, targets).astype(np.int32),

@@ -14,7 +14,8 @@ import pytest
 from protjax.errors import InputError
 from protjax.hf import bert as hf_bert
 from protjax.models import bert
-from protjax.vocab import ProtBertVocabulary
+
+from helpers import bert_tokens, rel_error
 
 FAMILIES = ("protbert", "protalbert")
 SEQUENCES = [
@@ -28,21 +29,6 @@ TOLERANCE = 1e-5
 
 def tiny(family, **overrides):
   return bert.get_config(f"{family}_tiny", **overrides)
-
-
-def tokenize(sequences):
-  """`[CLS] residues [SEP]`, right-padded with [PAD]=0: `[batch, max_len + 2]` int32."""
-  vocab = ProtBertVocabulary()
-  ids = [[vocab.cls_id] + list(vocab.encode(s)) + [vocab.eos_id] for s in sequences]
-  out = np.zeros((len(ids), max(map(len, ids))), np.int32)
-  for i, row in enumerate(ids):
-    out[i, :len(row)] = row
-  return out
-
-
-def rel_error(a, b):
-  return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-               / np.linalg.norm(np.asarray(b, np.float64)))
 
 
 def random_state_dict(config, kind, seed):
@@ -73,7 +59,7 @@ def reference(request):
       elif name.endswith("bias"):
         p.uniform_(-0.1, 0.1)
   model.eval()
-  tokens = tokenize(SEQUENCES)
+  tokens = bert_tokens(SEQUENCES)
   with torch.no_grad():
     ids = torch.from_numpy(tokens).long()
     mask = torch.from_numpy(tokens != 0).long()
@@ -93,7 +79,7 @@ def test_imported_weights_give_hf_logits_and_hidden_states(reference, impl):
   params = hf_bert.from_hf_state_dict(state, config, path="model.safetensors")
   assert sorted(params) == ["embeddings", "encoder", "mlm_head"]
   cfg = dataclasses.replace(config, attention_impl=impl, attention_block_size=16)
-  tokens = tokenize(SEQUENCES)
+  tokens = bert_tokens(SEQUENCES)
 
   def run(p, t):  # one compilation: the MLM model and the embedding module
     logits, hidden = bert.BertForMaskedLM(cfg).apply({"params": p}, t, return_hidden=True)

@@ -6,7 +6,6 @@ test and compare against protjax at float32 with relative error < 1e-5.
 """
 from __future__ import annotations
 
-import json
 import os
 import types
 
@@ -19,6 +18,8 @@ from protjax.hf import t5 as hf_t5
 from protjax.models import registry, t5
 from protjax.errors import InputError
 from protjax.vocab import PROTT5_RESIDUES, ProtT5Vocabulary
+
+from helpers import t5_tokens, rel_error
 
 # Real proteins (DeepLoc training fragments, tests/fixtures/data), 12..60 residues,
 # so a batch has padding of several lengths.
@@ -45,21 +46,6 @@ def random_state_dict(config, kind, seed=0):
 def flatten(tree):
   """`{"a/b/c": leaf}` of a nested params dict (leaves unchanged)."""
   return traverse_util.flatten_dict(tree, sep="/")
-
-
-def tokenize(sequences, vocab=None):
-  """protjax ids + </s>, right-padded with 0: `[batch, max_len + 1]` int32."""
-  vocab = vocab or ProtT5Vocabulary()
-  ids = [list(vocab.encode(s)) + [vocab.eos_id] for s in sequences]
-  out = np.zeros((len(ids), max(map(len, ids))), np.int32)
-  for i, row in enumerate(ids):
-    out[i, :len(row)] = row
-  return out
-
-
-def rel_error(a, b):
-  return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-               / np.linalg.norm(np.asarray(b, np.float64)))
 
 
 # --- mapping (numpy only) -------------------------------------------------------
@@ -260,8 +246,8 @@ def test_hf_tokenizer_gives_protjax_ids(tokenizer_dir, loader):
                                                vocab.encode("K")[0], 1]
   assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
   batch = tok([" ".join(s) for s in SEQUENCES], padding=True, return_tensors="np")
-  np.testing.assert_array_equal(batch["input_ids"], tokenize(SEQUENCES))
-  np.testing.assert_array_equal(batch["attention_mask"], tokenize(SEQUENCES) != 0)
+  np.testing.assert_array_equal(batch["input_ids"], t5_tokens(SEQUENCES))
+  np.testing.assert_array_equal(batch["attention_mask"], t5_tokens(SEQUENCES) != 0)
 
 
 def test_sentencepiece_model_gives_protjax_ids(tokenizer_dir):
@@ -313,7 +299,7 @@ def test_exported_encoder_matches_hf_t5_encoder_model(tmp_path, tiny_full_params
   assert sorted(os.listdir(out)) == ["config.json", "model.safetensors",
                                      "special_tokens_map.json", "spiece.model",
                                      "tokenizer.json", "tokenizer_config.json"]
-  tokens = tokenize(SEQUENCES)
+  tokens = t5_tokens(SEQUENCES)
 
   # --- Hugging Face reference (kept as is) ---
   model, info = transformers.T5EncoderModel.from_pretrained(out, output_loading_info=True)
@@ -337,7 +323,7 @@ def test_exported_encoder_matches_hf_t5_encoder_model(tmp_path, tiny_full_params
   assert err < TOLERANCE, err
   # Padding must not matter: each protein alone gives the same vectors.
   for i, seq in enumerate(SEQUENCES[:2]):
-    alone = tokenize([seq])
+    alone = t5_tokens([seq])
     single = np.asarray(T5Encoder(cfg).apply({"params": t5.encoder_params(params)}, alone))
     assert rel_error(single[0], got[i, :alone.shape[1]]) < TOLERANCE
 
@@ -364,7 +350,7 @@ def test_imported_hf_t5_matches_full_logits(tmp_path):
         p.uniform_(0.5, 1.5)
   model.save_pretrained(tmp_path / "hf", safe_serialization=True)
   model.eval()
-  tokens = tokenize(SEQUENCES)
+  tokens = t5_tokens(SEQUENCES)
   # Teacher forcing: the original ids shifted right, start id 0.
   decoder_inputs = np.concatenate([np.zeros((len(tokens), 1), np.int32), tokens[:, :-1]], 1)
   with torch.no_grad():

@@ -1,0 +1,32 @@
+"""Small helpers shared by the parity tests (imported as `helpers`, like `trainer_toy`)."""
+import numpy as np
+
+
+def rel_error(a, b) -> float:
+  """||a - b|| / ||b|| in float64: the relative error the parity tests bound."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def pad_rows(rows) -> np.ndarray:
+  """Id lists right-padded with 0: `[len(rows), longest]` int32."""
+  out = np.zeros((len(rows), max(map(len, rows))), np.int32)
+  for i, row in enumerate(rows):
+    out[i, :len(row)] = row
+  return out
+
+
+def bert_tokens(sequences) -> np.ndarray:
+  """`[CLS] residues [SEP]` in ProtBert's vocabulary, padded with [PAD]=0:
+  `[batch, max_len + 2]` int32."""
+  from protjax.vocab import ProtBertVocabulary
+  vocab = ProtBertVocabulary()
+  return pad_rows([[vocab.cls_id, *vocab.encode(s), vocab.eos_id] for s in sequences])
+
+
+def t5_tokens(sequences, vocab=None) -> np.ndarray:
+  """`residues </s>` in ProtT5's (or `vocab`'s) ids, padded with 0:
+  `[batch, max_len + 1]` int32."""
+  from protjax.vocab import ProtT5Vocabulary
+  vocab = vocab or ProtT5Vocabulary()
+  return pad_rows([[*vocab.encode(s), vocab.eos_id] for s in sequences])
