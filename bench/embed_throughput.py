@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import os
 import platform
@@ -56,10 +57,10 @@ def parse_args(argv=None):
   p.add_argument("--config", default="small",
                  help="model size: gin_configs/models/<family>_<config>.gin (random weights)")
   p.add_argument("--dtype", default="fp32", choices=sorted(DTYPE_ALIASES))
-  p.add_argument("--token_budget", type=int, default=4096)
+  p.add_argument("--token_budget", type=int, help="default: protjax-embed's")
   p.add_argument("--max_length", type=int, default=4000,
                  help="proteins longer than this are dropped from the sample")
-  p.add_argument("--attention_impl", default="xla", choices=("einsum", "xla"))
+  p.add_argument("--attention_impl", default="auto", choices=("auto", "einsum", "xla"))
   p.add_argument("--hf_attention", default="sdpa", choices=("sdpa", "eager"))
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--no_pipeline", action="store_true",
@@ -92,6 +93,25 @@ def make_batches(embedder, records):
                             embedder.vocab)
     out.append((batch, len(planned.rows), embedder.batching.is_long(planned.length)))
   return out
+
+
+def torch_inputs(batch, device, takes_positions: bool) -> dict:
+  """transformers' inputs for one packed batch, so that it computes what protjax does.
+
+  Several proteins share a row: a block-diagonal [b, 1, l, l] mask keeps each
+  protein to itself (padding attends to itself only, so its rows stay finite)
+  and, for absolute positions (BERT), `position_ids` restart at 0 per protein.
+  T5's relative bias depends only on offsets within a protein, so it needs none.
+  """
+  import torch
+  seg = batch["segment_ids"]
+  mask = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] > 0)
+  mask |= np.eye(seg.shape[1], dtype=bool)[None]
+  inputs = {"input_ids": torch.from_numpy(batch["tokens"].astype(np.int64)).to(device),
+            "attention_mask": torch.from_numpy(mask[:, None]).to(device)}
+  if takes_positions:
+    inputs["position_ids"] = torch.from_numpy(batch["positions"].astype(np.int64)).to(device)
+  return inputs
 
 
 def peak_flops(args, devices) -> float | None:
@@ -127,7 +147,7 @@ def main(argv=None) -> int:
                        max_length=args.max_length, attention_impl=args.attention_impl)
   batches = make_batches(emb, records)
   padded = sum(b["tokens"].size for b, _, _ in batches)
-  real = sum(int(b["segment_ids"][:n].sum()) for b, n, _ in batches)
+  real = sum(int((b["segment_ids"][:n] > 0).sum()) for b, n, _ in batches)
   useful_flops = sum(family.module().encoder_flops(config, len(emb.vocab.frame(s)))
                      for _, s in records)
   print(f"{args.family} {args.config}: {len(records)} proteins, {residues} residues, "
@@ -168,15 +188,14 @@ def main(argv=None) -> int:
       architecture = json.load(f)["architectures"][0]   # T5EncoderModel, BertModel, ...
     hf = getattr(transformers, architecture).from_pretrained(
         hf_dir, dtype=tdtype, attn_implementation=args.hf_attention).to(tdev).eval()
-    torch_batches = [(torch.from_numpy(b["tokens"].astype(np.int64)).to(tdev),
-                      torch.from_numpy(b["segment_ids"] > 0).to(tdev), n)
-                     for b, n, _ in batches]
+    takes_positions = "position_ids" in inspect.signature(hf.forward).parameters
+    torch_batches = [(torch_inputs(b, tdev, takes_positions), n) for b, n, _ in batches]
 
     def torch_pass():
       outs = []
       with torch.inference_mode():
-        for ids, mask, n in torch_batches:
-          h = hf(input_ids=ids, attention_mask=mask).last_hidden_state
+        for inputs, n in torch_batches:
+          h = hf(**inputs).last_hidden_state
           outs.append(h[:n].float().cpu().numpy())
       return outs
 
@@ -241,8 +260,8 @@ def main(argv=None) -> int:
   load = os.getloadavg() if hasattr(os, "getloadavg") else None
   result = {
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "family": args.family, "config": args.config, "dtype": dtype, "attention_impl": args.attention_impl,
-      "hf_attention": args.hf_attention, "token_budget": args.token_budget,
+      "family": args.family, "config": args.config, "dtype": dtype, "attention_impl": emb.config.attention_impl,
+      "hf_attention": args.hf_attention, "token_budget": emb.batching.token_budget,
       "fasta": os.path.abspath(args.fasta), "sample": len(records), "seed": args.seed,
       "residues": residues, "batches": len(batches),
       "shapes": sorted({b["tokens"].shape for b, _, _ in batches}),

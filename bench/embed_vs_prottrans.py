@@ -49,7 +49,7 @@ def parse_args(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--config", default="small", help="ProtT5 size (random weights)")
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--token_budget", type=int, default=16384, help="protjax-embed's default")
+  p.add_argument("--token_budget", type=int, help="default: protjax-embed's")
   p.add_argument("--out_dir", default=os.path.join(HERE, "results"))
   return p.parse_args(argv)
 
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
   result = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "config": args.config, "dtype": "float32", "fasta": source,
             "proteins": proteins, "residues": residues, "seed": args.seed,
-            "token_budget": args.token_budget, "max_abs_difference": diff,
+            "token_budget": embedder.batching.token_budget, "max_abs_difference": diff,
             "results": rows, "protjax_over_recipe": ratio, "loadavg": loads,
             "host": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),

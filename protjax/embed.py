@@ -42,6 +42,10 @@ DEFAULT_LADDER = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536,
 DEFAULT_LONG_THRESHOLD = 4096   # tokens; longer buckets use blockwise attention
 DEFAULT_LONG_STEP = 4096        # bucket granularity above the ladder
 DEFAULT_TOKEN_BUDGET = 16384    # padded tokens per batch (all devices together)
+# On CPU, per device: small batches keep each layer's activations in cache.
+# ProtT5-small on 2 cores embedded 3,817 residues/s at 512 tokens, 3,594 at
+# 1,024, 2,986 at 4,096 and 2,071 at 8,192 (bench/RESULTS.md, 2026-11-29).
+DEFAULT_CPU_TOKEN_BUDGET = 512
 DEFAULT_MAX_LENGTH = 40000      # residues; titin (~35k) fits
 VALID_RESIDUES = frozenset(PROTT5_RESIDUES + PROTT5_RESIDUES.lower())
 DTYPES = ("float32", "bfloat16", "float16")
@@ -401,12 +405,16 @@ class Embedder:
     dtype: compute dtype ("float32", "bfloat16", "float16"); params are cast
       to it for inference (the model keeps layer norm in float32).
     storage_dtype: dtype of the written per-residue arrays.
-    token_budget, max_length, ladder, long_threshold, long_step: see `Batching`
+    token_budget: see `Batching`; None: DEFAULT_TOKEN_BUDGET, or on CPU
+      DEFAULT_CPU_TOKEN_BUDGET per device.
+    max_length, ladder, long_threshold, long_step: see `Batching`
       and `validate_records`.
-    attention_impl: attention for buckets up to `long_threshold`: "xla"
-      (default; `jax.nn.dot_product_attention`, cuDNN on GPU in half
-      precision), "einsum", or None for the config's. Longer buckets always
-      use "blockwise".
+    attention_impl: attention for buckets up to `long_threshold`: "auto"
+      (default: "einsum" on CPU, "xla" elsewhere), "xla"
+      (`jax.nn.dot_product_attention`, cuDNN on GPU in half precision),
+      "einsum", or None for the config's. Longer buckets always use
+      "blockwise". On 2 CPU cores einsum embedded ProtBert-small 10% and
+      ProtT5-small 2% faster than xla (bench/RESULTS.md, 2026-11-29).
     model_parallel: devices per model replica; "auto" picks the smallest size
       whose parameter shard fits the device memory (1 on CPU).
     devices: default `jax.local_devices()`.
@@ -415,12 +423,12 @@ class Embedder:
   def __init__(self, params, config, *, vocabulary: Optional[TokenListVocabulary] = None,
                model_name: str = "protjax",
                dtype: str = "float32", storage_dtype: str = "float32",
-               token_budget: int = DEFAULT_TOKEN_BUDGET,
+               token_budget: Optional[int] = None,
                max_length: int = DEFAULT_MAX_LENGTH,
                ladder: Sequence[int] = DEFAULT_LADDER,
                long_threshold: int = DEFAULT_LONG_THRESHOLD,
                long_step: int = DEFAULT_LONG_STEP,
-               attention_impl: Optional[str] = "xla", pack: bool = True,
+               attention_impl: Optional[str] = "auto", pack: bool = True,
                model_parallel: int | str = "auto", devices=None):
     import jax
     from protjax import partitioning
@@ -429,6 +437,10 @@ class Embedder:
       raise InputError(f"--dtype {dtype!r} is not one of {DTYPES}")
     if storage_dtype not in STORAGE_DTYPES:
       raise InputError(f"storage dtype {storage_dtype!r} is not one of {STORAGE_DTYPES}")
+    devices = list(jax.local_devices() if devices is None else devices)
+    if token_budget is None:
+      token_budget = (DEFAULT_CPU_TOKEN_BUDGET * len(devices)
+                      if devices[0].platform == "cpu" else DEFAULT_TOKEN_BUDGET)
     if token_budget < 1 or max_length < 1:
       raise InputError("--token_budget and --max_length must be positive")
     self.model_name = model_name
@@ -437,8 +449,9 @@ class Embedder:
     self.max_length = max_length
     self.family = registry.family_of(config)
     self.vocab = vocabulary or self.family.vocabulary()
-    devices = list(jax.local_devices() if devices is None else devices)
     attention_impl = attention_impl or config.attention_impl
+    if attention_impl == "auto":
+      attention_impl = "einsum" if devices[0].platform == "cpu" else "xla"
     if dtype == "float16" and attention_impl == "xla" and devices[0].platform == "cpu":
       # XLA's CPU dot_general has no float16 x float16 -> float32 kernel,
       # which jax.nn.dot_product_attention asks for; the einsum path runs.
@@ -455,7 +468,9 @@ class Embedder:
         devices=devices)
     self.batching = Batching(token_budget=token_budget, ladder=tuple(ladder),
                              long_threshold=long_threshold, long_step=long_step,
-                             num_shards=self.partitioner.data_size, pack=pack)
+                             num_shards=self.partitioner.data_size,
+                             # ProtTXL: a protein's segments start at its row's start.
+                             pack=pack and self.family.packable)
     self._param_shardings = self._shardings_for(params)
     self.dim = self._output_dim(params)
     self.params = jax.device_put(params, self._param_shardings)
@@ -704,15 +719,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--fasta", required=True, help="input FASTA (plain or .gz)")
   p.add_argument("--per_residue", help="output HDF5: [length, dim] per protein")
   p.add_argument("--per_protein", help="output HDF5: [dim] mean per protein")
-  p.add_argument("--token_budget", type=int, default=DEFAULT_TOKEN_BUDGET,
-                 help="padded tokens per batch over all devices (default %(default)s)")
+  p.add_argument("--token_budget", type=int,
+                 help=f"padded tokens per batch over all devices (default "
+                 f"{DEFAULT_TOKEN_BUDGET}; on CPU {DEFAULT_CPU_TOKEN_BUDGET} per device, "
+                 f"where small batches run faster)")
   p.add_argument("--max_length", type=int, default=DEFAULT_MAX_LENGTH,
                  help="longest accepted sequence, residues (default %(default)s)")
   p.add_argument("--long_threshold", type=int, default=DEFAULT_LONG_THRESHOLD,
                  help="tokens above which blockwise attention is used, one protein "
                  "per device (default %(default)s)")
-  p.add_argument("--attention_impl", choices=("xla", "einsum"), default="xla",
-                 help="attention up to --long_threshold (default %(default)s)")
+  p.add_argument("--attention_impl", choices=("auto", "xla", "einsum"), default="auto",
+                 help="attention up to --long_threshold (default %(default)s: einsum on "
+                 "CPU, where it is faster, xla elsewhere)")
   p.add_argument("--dtype", choices=DTYPES, default="float32",
                  help="compute precision (half precision: bfloat16 or float16)")
   p.add_argument("--storage_dtype", choices=STORAGE_DTYPES, default="float32",
