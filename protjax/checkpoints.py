@@ -5,6 +5,8 @@ Layout under `model_dir/checkpoints/<step>/`:
   opt_state/  the optimiser state
   meta/       JSON: step, data seed, base RNG key (so the resumed run sees
               exactly the batches and dropout masks it would have seen)
+  model_state/  a stateful family's recurrent state (ProtTXL's memory; see
+              `protjax.trainer`), only for those families
 
 Orbax writes each step into a temporary directory and renames it when every
 item (and every host) is done, so an interrupted save never shows up as the
@@ -49,6 +51,7 @@ from protjax.errors import InputError
 CHECKPOINT_SUBDIR = "checkpoints"
 UNREADABLE_SUFFIX = ".unreadable"
 ITEMS = ("params", "opt_state", "meta")
+MODEL_STATE = "model_state"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +186,7 @@ class Checkpointer:
         read_only=read_only,
         cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(
-        self.directory, item_names=("params", "opt_state", "meta"),
+        self.directory, item_names=ITEMS + (MODEL_STATE,),
         options=options)
 
   def latest_step(self) -> Optional[int]:
@@ -194,40 +197,49 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, params: Any, opt_state: Any, meta: dict,
-           force: bool = False) -> bool:
+           force: bool = False, model_state: Any = None) -> bool:
     """Starts saving (async); returns whether a save was started.
 
     Without `force` the manager's policy (every `save_every` steps) decides.
+    `model_state`: a stateful family's state, saved as item `model_state`.
     """
-    return self.manager.save(
-        step, force=force,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(dict(meta, step=int(step)))))
+    items = dict(params=ocp.args.StandardSave(params),
+                 opt_state=ocp.args.StandardSave(opt_state),
+                 meta=ocp.args.JsonSave(dict(meta, step=int(step))))
+    if model_state is not None:
+      items[MODEL_STATE] = ocp.args.StandardSave(model_state)
+    return self.manager.save(step, force=force, args=ocp.args.Composite(**items))
 
   def restore(self, abstract_params: Any, abstract_opt_state: Any,
-              step: Optional[int] = None) -> tuple[Any, Any, dict]:
+              step: Optional[int] = None, *, abstract_model_state: Any = None
+              ) -> tuple[Any, Any, dict]:
     """Restores (params, opt_state, meta) onto the given target shardings.
 
     Args:
       abstract_params, abstract_opt_state: trees of jax.ShapeDtypeStruct with
         `.sharding` set for the mesh the run has now.
       step: which step; default the latest complete one.
+      abstract_model_state: a stateful family's state (as the others); it is
+        restored into `meta["model_state"]`.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+    items = dict(params=ocp.args.StandardRestore(abstract_params),
+                 opt_state=ocp.args.StandardRestore(abstract_opt_state),
+                 meta=ocp.args.JsonRestore())
+    if abstract_model_state is not None:
+      items[MODEL_STATE] = ocp.args.StandardRestore(abstract_model_state)
     with _quiet_orbax():
-      restored = self.manager.restore(
-          step, args=ocp.args.Composite(
-              params=ocp.args.StandardRestore(abstract_params),
-              opt_state=ocp.args.StandardRestore(abstract_opt_state),
-              meta=ocp.args.JsonRestore()))
-    return restored["params"], restored["opt_state"], dict(restored["meta"])
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    meta = dict(restored["meta"])
+    if abstract_model_state is not None:
+      meta[MODEL_STATE] = restored[MODEL_STATE]
+    return restored["params"], restored["opt_state"], meta
 
   def restore_newest(self, abstract_params: Any, abstract_opt_state: Any, *,
-                     set_aside: bool = False) -> tuple[int, Any, Any, dict]:
+                     set_aside: bool = False, abstract_model_state: Any = None
+                     ) -> tuple[int, Any, Any, dict]:
     """Restores the newest step that reads: (step, params, opt_state, meta).
 
     Each newer step that does not restore gets one warning naming it; with
@@ -240,8 +252,10 @@ class Checkpointer:
     failed: list[tuple[int, str]] = []
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        _check_files(self.directory / str(step))
-        params, opt_state, meta = self.restore(abstract_params, abstract_opt_state, step)
+        _check_files(self.directory / str(step), ITEMS + (
+            (MODEL_STATE,) if abstract_model_state is not None else ()))
+        params, opt_state, meta = self.restore(abstract_params, abstract_opt_state, step,
+                                               abstract_model_state=abstract_model_state)
       except Exception as e:  # pylint: disable=broad-except
         # orbax and TensorStore raise ValueError, OSError, KeyError, ...
         failed.append((step, why_unreadable(e)))

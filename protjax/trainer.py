@@ -17,6 +17,15 @@ FLOPs. Everything else is shared:
   checkpoints every N steps, stops cleanly on SIGTERM and loudly on a
   non-finite loss.
 
+A family may keep a recurrent state (ProtTXL's memory): its Model then has
+`init_model_state(batch_shapes)` (the state for the global batch, leaves
+`[batch, ...]`), `model_state_axes()` (their logical axes, PartitionSpecs of
+names) and `loss_fn(params, batch, rng, model_state=s) -> (loss, (metrics,
+new_s))`. The state lives in `TrainState.model_state`, is split into
+micro-batches with the batch's rows and checkpointed beside the params, so a
+killed and resumed run is bitwise the uninterrupted one. Without those
+methods `model_state` is None and nothing else changes.
+
 A data source is any callable `source(start_step, shard_index, num_shards)`
 returning an iterator of this host's share of each global batch (dicts of
 numpy arrays `[batch // num_shards, length]`), where the batch for step s
@@ -125,11 +134,14 @@ class TrainState:
     params: parameter tree.
     opt_state: optimiser state tree.
     rng: base PRNG key (uint32 [2]); step s uses fold_in(rng, s).
+    model_state: a stateful family's recurrent state (see the module
+      docstring), None for the others.
   """
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+  model_state: Any = None
 
 
 # ----------------------------------------------------------------------------
@@ -144,6 +156,11 @@ def split_microbatches(batch: Batch, num_microbatches: int,
   keeps the batch's sharding over `data` (every device holds a slice of every
   micro-batch) instead of living on a subset of the devices.
   """
+  return _split_rows(dict(batch), num_microbatches, batch_spec)
+
+
+def _split_rows(tree: Any, num_microbatches: int, batch_spec: Any = None) -> Any:
+  """`split_microbatches` for any pytree of `[batch, ...]` arrays."""
   def one(x):
     b = x.shape[0]
     if b % num_microbatches:
@@ -155,52 +172,80 @@ def split_microbatches(batch: Batch, num_microbatches: int,
       x = jax.lax.with_sharding_constraint(
           x, jax.sharding.PartitionSpec(None, *batch_spec))
     return x
-  return jax.tree.map(one, dict(batch))
+  return jax.tree.map(one, tree)
+
+
+def _merge_rows(tree: Any) -> Any:
+  """The inverse of `_split_rows`: `[n, batch / n, ...]` -> `[batch, ...]`."""
+  def one(x):
+    x = jnp.swapaxes(x, 0, 1)  # [n, b/n, ...] -> [b/n, n, ...]
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+  return jax.tree.map(one, tree)
 
 
 def _weight(metrics: Metrics) -> jax.Array:
   return jnp.asarray(metrics.get("num_tokens", 1.0), jnp.float32)
 
 
+def _stateful_loss(loss_fn):
+  """A stateful family's loss as `(params, (batch, state), rng) -> (loss, (metrics, state'))`."""
+  return lambda params, inputs, rng: loss_fn(params, inputs[0], rng,
+                                             model_state=inputs[1])
+
+
 def accumulate_gradients(loss_fn, params: Any, batch: Batch,
                          rng: Optional[jax.Array], num_microbatches: int,
-                         batch_spec: Any = None) -> tuple[Any, Metrics]:
+                         batch_spec: Any = None, model_state: Any = None):
   """Gradients of the token-weighted mean loss over the whole batch.
 
   Each micro-batch's loss is a token-weighted mean, so its gradient is
   re-weighted by its `num_tokens` before summing: the result equals the
   full-batch gradient (up to float rounding). Metrics are averaged with the
   same weights; `num_tokens` is summed.
-  """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if num_microbatches <= 1:
-    (_, metrics), grads = grad_fn(params, batch, rng)
-    return grads, metrics
 
-  micro = split_microbatches(batch, num_microbatches, batch_spec)
+  Returns (grads, metrics); with a `model_state` (a stateful family, see
+  the module docstring) (grads, metrics, new model_state), each micro-batch
+  running on its own rows of the state.
+  """
+  stateful = model_state is not None
+  if stateful:
+    loss_fn, batch = _stateful_loss(loss_fn), (dict(batch), model_state)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def split_aux(aux):  # -> (metrics, new state or None)
+    return aux if stateful else (aux, None)
+
+  if num_microbatches <= 1:
+    (_, aux), grads = grad_fn(params, batch, rng)
+    metrics, new_state = split_aux(aux)
+    return (grads, metrics, new_state) if stateful else (grads, metrics)
+
+  micro = (_split_rows(batch, num_microbatches, batch_spec) if stateful
+           else split_microbatches(batch, num_microbatches, batch_spec))
 
   def body(carry, inputs):
     grad_sum, metric_sum, weight_sum = carry
     index, mb = inputs
     mb_rng = None if rng is None else jax.random.fold_in(rng, index)
-    (_, metrics), grads = grad_fn(params, mb, mb_rng)
+    (_, aux), grads = grad_fn(params, mb, mb_rng)
+    metrics, new_state = split_aux(aux)
     w = _weight(metrics)
     grad_sum = jax.tree.map(lambda a, g: a + w * g, grad_sum, grads)
     metric_sum = jax.tree.map(lambda a, m: a + w * m, metric_sum, metrics)
-    return (grad_sum, metric_sum, weight_sum + w), None
+    return (grad_sum, metric_sum, weight_sum + w), new_state
 
   first = jax.tree.map(lambda x: x[0], micro)
-  _, metrics_shape = jax.eval_shape(loss_fn, params, first, rng)
+  metrics_shape, _ = split_aux(jax.eval_shape(loss_fn, params, first, rng)[1])
   zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)
   init = (zeros(params), zeros(metrics_shape), jnp.zeros((), jnp.float32))
-  (grad_sum, metric_sum, weight_sum), _ = jax.lax.scan(
+  (grad_sum, metric_sum, weight_sum), states = jax.lax.scan(
       body, init, (jnp.arange(num_microbatches), micro))
   grads = jax.tree.map(lambda g, p: (g / weight_sum).astype(p.dtype),
                        grad_sum, params)
   metrics = {k: v / weight_sum for k, v in metric_sum.items()}
   if "num_tokens" in metrics:
     metrics["num_tokens"] = weight_sum
-  return grads, metrics
+  return (grads, metrics, _merge_rows(states)) if stateful else (grads, metrics)
 
 
 def make_train_step(loss_fn, optimizer: optim.Optimizer,
@@ -210,15 +255,21 @@ def make_train_step(loss_fn, optimizer: optim.Optimizer,
 
   def train_step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step) if dropout else None
-    grads, metrics = accumulate_gradients(loss_fn, state.params, batch, rng,
-                                          num_microbatches, batch_spec)
+    model_state = state.model_state
+    if model_state is None:
+      grads, metrics = accumulate_gradients(loss_fn, state.params, batch, rng,
+                                            num_microbatches, batch_spec)
+    else:
+      grads, metrics, model_state = accumulate_gradients(
+          loss_fn, state.params, batch, rng, num_microbatches, batch_spec,
+          model_state)
     updates, opt_state = optimizer.tx.update(grads, state.opt_state,
                                              state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads),
                    learning_rate=optimizer.schedule(state.step))
     return state.replace(step=state.step + 1, params=params,
-                         opt_state=opt_state), metrics
+                         opt_state=opt_state, model_state=model_state), metrics
 
   return train_step
 
@@ -446,7 +497,18 @@ class TrainResult:
 # The loop.
 # ----------------------------------------------------------------------------
 
-def _state_shardings(partitioner, abstract_vars, optimizer):
+def _model_state_shardings(partitioner, model):
+  """Shardings of a stateful family's state, from its logical axes (None: no state)."""
+  if not hasattr(model, "init_model_state"):
+    return None
+  spec = jax.sharding.PartitionSpec
+  return jax.tree.map(
+      lambda names: partitioner.sharding(partitioning_lib.logical_to_mesh_axes(
+          tuple(names), partitioner.rules)),
+      model.model_state_axes(), is_leaf=lambda x: isinstance(x, spec))
+
+
+def _state_shardings(partitioner, abstract_vars, optimizer, model=None):
   abstract_params = abstract_vars["params"]
   param_specs = partitioner.param_specs(abstract_params,
                                         abstract_vars["params_axes"])
@@ -458,7 +520,8 @@ def _state_shardings(partitioner, abstract_vars, optimizer):
       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   replicated = partitioner.replicated()
   return TrainState(step=replicated, params=to_sharding(param_specs),
-                    opt_state=to_sharding(opt_specs), rng=replicated)
+                    opt_state=to_sharding(opt_specs), rng=replicated,
+                    model_state=_model_state_shardings(partitioner, model))
 
 
 def _abstract(tree, shardings):
@@ -512,12 +575,16 @@ def setup_training(model: Model, optimizer: optim.Optimizer,
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
   abstract_vars = _in_context(partitioner, jax.eval_shape)(
       lambda r: model.init_variables(r, batch_shapes), init_rng)
-  state_shardings = _state_shardings(partitioner, abstract_vars, optimizer)
+  state_shardings = _state_shardings(partitioner, abstract_vars, optimizer,
+                                     model)
 
   def init_state(rng):
     params = model.init_variables(rng, batch_shapes)["params"]
+    model_state = (model.init_model_state(batch_shapes)
+                   if hasattr(model, "init_model_state") else None)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.tx.init(params), rng=dropout_rng)
+                      opt_state=optimizer.tx.init(params), rng=dropout_rng,
+                      model_state=model_state)
 
   abstract_state = _abstract(jax.eval_shape(init_state, init_rng),
                              state_shardings)
@@ -547,19 +614,25 @@ def restore_state(ckpt: checkpoints_lib.Checkpointer, setup: TrainSetup,
   """Restores a checkpoint onto this setup's mesh (any mesh it was saved on):
   `step`, or else the newest one that restores (`Checkpointer.restore_newest`;
   `set_aside` moves newer unreadable ones aside)."""
+  abstract = setup.abstract_state
   if step is None:
     _, params, opt_state, meta = ckpt.restore_newest(
-        setup.abstract_state.params, setup.abstract_state.opt_state,
-        set_aside=set_aside)
+        abstract.params, abstract.opt_state, set_aside=set_aside,
+        abstract_model_state=abstract.model_state)
   else:
-    params, opt_state, meta = ckpt.restore(setup.abstract_state.params,
-                                           setup.abstract_state.opt_state, step)
+    params, opt_state, meta = ckpt.restore(
+        abstract.params, abstract.opt_state, step,
+        abstract_model_state=abstract.model_state)
+  model_state = None
+  if abstract.model_state is not None:
+    model_state = meta.pop(checkpoints_lib.MODEL_STATE)
   shardings = setup.state_shardings
   state = TrainState(
       step=jax.device_put(jnp.asarray(meta["step"], jnp.int32),
                           shardings.step),
       params=params, opt_state=opt_state,
-      rng=jax.device_put(jnp.asarray(meta["rng"], jnp.uint32), shardings.rng))
+      rng=jax.device_put(jnp.asarray(meta["rng"], jnp.uint32), shardings.rng),
+      model_state=model_state)
   return state, meta
 
 
@@ -822,7 +895,7 @@ def train(*,
             collect(pending)
             pending = None
           ckpt.save(step, state.params, state.opt_state, meta_base,
-                    force=True)
+                    force=True, model_state=state.model_state)
           last_saved = step
         if eval_data is not None and eval_every and (
             step % eval_every == 0 or last):
@@ -843,7 +916,7 @@ def train(*,
             pending = None
           if last_saved != step:
             ckpt.save(step, state.params, state.opt_state, meta_base,
-                      force=True)
+                      force=True, model_state=state.model_state)
           stopped = reason
           if is_chief:
             why = (f"max_minutes={max_minutes}" if reason == "time_limit"
