@@ -22,7 +22,9 @@ from protjax.errors import InputError
 from protjax.hf import xlnet as hf_xlnet
 from protjax.models import recurrence, registry, xlnet
 from protjax.vocab import ProtBertVocabulary
-from test_family_road import SEQUENCES, TOLERANCE, cli, rel_error
+
+from helpers import pad_rows, rel_error
+from test_family_road import SEQUENCES, TOLERANCE, cli
 
 # Memory shorter than a segment, so the parity covers its truncation.
 PARITY = dict(num_layers=2, target_length=16, mem_len=12)
@@ -35,11 +37,8 @@ def tiny(**overrides):
 def tokenize(sequences, length=None):
   """`residues [SEP] [CLS]`, right-padded with [PAD]=0: `[batch, length]` int32."""
   vocab = ProtBertVocabulary()
-  ids = [list(vocab.encode(s)) + [vocab.eos_id, vocab.cls_id] for s in sequences]
-  out = np.zeros((len(ids), length or max(map(len, ids))), np.int32)
-  for i, row in enumerate(ids):
-    out[i, :len(row)] = row
-  return out
+  out = pad_rows([[*vocab.encode(s), vocab.eos_id, vocab.cls_id] for s in sequences])
+  return out if length is None else np.pad(out, [(0, 0), (0, length - out.shape[1])])
 
 
 def _flat(tree):
@@ -270,8 +269,8 @@ def test_loss_is_the_cross_entropy_at_the_targets_and_packing_is_per_protein():
   params = model.init_variables(jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 64)})[
       "params"]
   batch = {"encoder_input_tokens": tokens, "encoder_segment_ids": segments}
-  loss, metrics = jax.jit(model.loss_fn)(params, batch, jax.random.PRNGKey(2))
-  logits, drawn = model.forward(params, batch, jax.random.PRNGKey(2))
+  (loss, metrics), (logits, drawn) = jax.jit(lambda p, r: (
+      model.loss_fn(p, batch, r), model.forward(p, batch, r)))(params, jax.random.PRNGKey(2))
   logits, weights = np.asarray(logits, np.float64), np.asarray(drawn.target_weights)
   ce = jax.nn.logsumexp(logits, -1) - np.take_along_axis(
       logits, np.asarray(drawn.target_ids)[..., None], -1)[..., 0]
@@ -294,18 +293,20 @@ def test_a_long_protein_is_read_through_a_memory_of_bounded_length():
   params = module.init(jax.random.PRNGKey(0), tokens[:, :16])["params"]
   params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(1), x.shape),
                         params)
-  encode = jax.jit(lambda t, s=None: module.apply({"params": params}, t, s))
-  full = np.asarray(encode(tokens))
+  encode = jax.jit(lambda t, s: module.apply({"params": params}, t, s))  # one compilation
+  one = lambda t: np.where(t > 0, 1, 0)  # one protein a row
+  full = np.asarray(encode(tokens, one(tokens)))
   changed = tokens.copy()
   changed[0, :8] = tokens[0, 8:16]  # beyond the reach of segment 3 (positions 32..47)
-  after = np.asarray(encode(changed))
+  after = np.asarray(encode(changed, one(changed)))
   np.testing.assert_array_equal(after[0, 32:], full[0, 32:])
   assert not np.allclose(after[0, 16:24], full[0, 16:24])  # within segment 2's memory
   # Two proteins in one row, the second from the second segment on: it never
   # sees the first, in its segment or in the memory.
   segments = np.where(np.arange(48) < 16, 1, 2)[None]
   packed = np.asarray(encode(tokens, segments))
-  alone = np.asarray(encode(np.pad(tokens[:, 16:], [(0, 0), (0, 16)])))
+  alone_tokens = np.pad(tokens[:, 16:], [(0, 0), (0, 16)])
+  alone = np.asarray(encode(alone_tokens, one(alone_tokens)))
   np.testing.assert_allclose(packed[0, 16:], alone[0, :32], rtol=1e-5, atol=1e-6)
 
 
