@@ -263,7 +263,8 @@ def heldout_eval(model, params_sets: Sequence[dict], data_cfg, max_batches: int 
     n_tok += w
     n_masked += nm
     counts += np.bincount(targets[masked], minlength=len(counts))
-    n_seq += int((batch["encoder_input_tokens"] > 0).any(1).sum())
+    inputs = batch.get("encoder_input_tokens", batch.get("decoder_input_tokens"))
+    n_seq += int((inputs > 0).any(1).sum())  # rows, for a stream
   return [{**{k: v / max(n_tok, 1.0) for k, v in t.items()},
            "masked_residue_accuracy": c / max(n_masked, 1), "masked_positions": n_masked,
            "target_tokens": n_tok, "sequences": n_seq,

@@ -1,4 +1,4 @@
-"""Peak memory of the ProtT5 encoder on long proteins: blockwise vs full attention.
+"""Peak memory of a family's encoder on long proteins: blockwise vs full attention.
 
 For each length and attention implementation this reports
 
@@ -12,6 +12,14 @@ For each length and attention implementation this reports
 "full" is the reference einsum attention (materialises `[heads, q, k]`);
 "blockwise" is `attention_impl="blockwise"`. Full attention at 35k residues
 needs tens of GiB, so by default it is only analysed.
+
+`--family` (default prott5) picks any registered family's encoder and size
+(`--config`). ProtTXL reads a protein segment by segment with its memory
+whatever `--impls` says (its attention is bounded by segment and memory
+length), so give it one impl:
+
+  python bench/long_sequence_memory.py --family prottxl --config small --impls full \
+      --run-full-max-length 35000
 
   python bench/long_sequence_memory.py --json bench/results/long_sequence_memory.json
 """
@@ -30,29 +38,35 @@ import time
 IMPLS = {"full": "einsum", "blockwise": "blockwise"}
 
 
-def _setup(config_name: str, impl: str, length: int, block_size: int):
+def _setup(config_name: str, impl: str, length: int, block_size: int, family: str = "prott5"):
   import jax
   import jax.numpy as jnp
   import numpy as np
 
-  from protjax.models import t5
+  from protjax.models import registry
 
-  cfg = t5.get_config(config_name, attention_impl=IMPLS[impl],
-                      attention_block_size=block_size, dropout_rate=0.0)
-  module = t5.T5Encoder(cfg)
-  tokens = np.random.RandomState(0).randint(3, 28, (1, length)).astype(np.int32)
-  tokens[0, -1] = 1  # </s>
+  fam = registry.get_family(family)
+  cfg = fam.get_config(config_name)
+  fields = {f.name for f in dataclasses.fields(cfg)}
+  cfg = dataclasses.replace(cfg, attention_impl=IMPLS[impl], dropout_rate=0.0, **(
+      {"attention_block_size": block_size} if "attention_block_size" in fields else {}))
+  module = fam.encoder(cfg)
+  vocab = fam.vocabulary()
+  residues = np.random.RandomState(0).choice(list("ACDEFGHIKLMNPQRSTVWY"),
+                                             length - len(vocab.frame("")))
+  tokens = np.asarray([vocab.frame("".join(residues))], np.int32)  # [1, length]
   params_shape = jax.eval_shape(
       lambda r: module.init(r, jnp.ones((1, 8), jnp.int32))["params"], jax.random.PRNGKey(0))
   fn = jax.jit(lambda p, t: module.apply({"params": p}, t))
   return cfg, module, tokens, params_shape, fn
 
 
-def analyse(config_name: str, impl: str, length: int, block_size: int) -> dict:
+def analyse(config_name: str, impl: str, length: int, block_size: int,
+            family: str = "prott5") -> dict:
   """Compiled memory analysis (no execution, no weights allocated)."""
   import jax
   import jax.numpy as jnp
-  cfg, _, tokens, params_shape, fn = _setup(config_name, impl, length, block_size)
+  cfg, _, tokens, params_shape, fn = _setup(config_name, impl, length, block_size, family)
   t0 = time.time()
   compiled = fn.lower(params_shape, jax.ShapeDtypeStruct(tokens.shape, tokens.dtype)).compile()
   mem = compiled.memory_analysis()
@@ -63,11 +77,12 @@ def analyse(config_name: str, impl: str, length: int, block_size: int) -> dict:
           "compile_s": round(time.time() - t0, 2), "dtype": str(jnp.dtype(cfg.compute_dtype))}
 
 
-def measure(config_name: str, impl: str, length: int, block_size: int) -> dict:
+def measure(config_name: str, impl: str, length: int, block_size: int,
+            family: str = "prott5") -> dict:
   """Runs the forward once (after a warm-up compile) and reports the peak memory."""
   import jax
   import jax.numpy as jnp
-  _, module, tokens, _, fn = _setup(config_name, impl, length, block_size)
+  _, module, tokens, _, fn = _setup(config_name, impl, length, block_size, family)
   params = jax.jit(lambda r: module.init(r, jnp.ones((1, 8), jnp.int32))["params"])(
       jax.random.PRNGKey(0))
   compiled = fn.lower(params, tokens).compile()
@@ -90,7 +105,7 @@ def measure(config_name: str, impl: str, length: int, block_size: int) -> dict:
 
 def _measure_in_subprocess(args, impl: str, length: int) -> dict:
   cmd = [sys.executable, __file__, "--single", impl, str(length), "--config", args.config,
-         "--block-size", str(args.block_size)]
+         "--block-size", str(args.block_size), "--family", args.family]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
@@ -103,7 +118,8 @@ def _gib(x):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="small")
+  parser.add_argument("--family", default="prott5", help="any registered model family")
+  parser.add_argument("--config", default="small", help="the family's size name")
   parser.add_argument("--lengths", default="2048,8192,35000")
   parser.add_argument("--impls", default="blockwise,full")
   parser.add_argument("--block-size", type=int, default=512)
@@ -116,7 +132,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   if args.single:
-    print(json.dumps(measure(args.config, args.single[0], int(args.single[1]), args.block_size)))
+    print(json.dumps(measure(args.config, args.single[0], int(args.single[1]), args.block_size,
+                             args.family)))
     return 0
 
   import jax
@@ -125,9 +142,9 @@ def main(argv=None) -> int:
   rows = []
   for length in lengths:
     for impl in impls:
-      row = {"config": args.config, "impl": impl, "length": length,
+      row = {"family": args.family, "config": args.config, "impl": impl, "length": length,
              "block_size": args.block_size}
-      row.update(analyse(args.config, impl, length, args.block_size))
+      row.update(analyse(args.config, impl, length, args.block_size, args.family))
       limit = args.run_max_length if impl == "blockwise" else args.run_full_max_length
       if length <= limit:
         row.update(_measure_in_subprocess(args, impl, length))
@@ -138,7 +155,7 @@ def main(argv=None) -> int:
 
   device = jax.devices()[0]
   header = f"{'length':>7} {'impl':>9} {'analysed GiB':>13} {'measured GiB':>13} {'run s':>7}"
-  print(f"ProtT5-{args.config} encoder forward, batch 1, device {device.device_kind} "
+  print(f"{args.family}-{args.config} encoder forward, batch 1, device {device.device_kind} "
         f"({device.platform}), block {args.block_size}")
   print(header)
   for r in rows:

@@ -25,6 +25,7 @@ TINY = {"prott5": dict(num_heads=4, num_encoder_layers=1, num_decoder_layers=1),
         "protalbert": dict(num_heads=4, num_layers=2),
         "protelectra": dict(num_heads=4, num_layers=1, generator_num_heads=4,
                             generator_num_layers=1),
+        "prottxl": dict(num_heads=4, num_layers=1),
         "protxlnet": dict(num_heads=4, num_layers=1)}
 
 

@@ -40,6 +40,15 @@ def cli(entry_point, *args, timeout=120, umask=None):
   return proc.returncode, proc.stdout, proc.stderr
 
 
+def _shapes(fam):
+  """Batch shapes of the family's objective (its features), to build its variables."""
+  if fam.full_kind == "encoder_decoder":
+    return {"encoder_input_tokens": (1, 8), "decoder_target_tokens": (1, 8)}
+  if fam.full_kind == "lm":  # ProtTXL's stream
+    return {"decoder_input_tokens": (1, 8)}
+  return {"encoder_input_tokens": (1, 8)}
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def trained(request):
   """(family, config, full params): a tiny model with every parameter random
@@ -47,9 +56,7 @@ def trained(request):
   fam = registry.get_family(request.param)
   config = fam.get_config("tiny")
   model = registry.get_model(fam.name, config)
-  shapes = ({"encoder_input_tokens": (1, 8), "decoder_target_tokens": (1, 8)}
-            if fam.full_kind == "encoder_decoder" else {"encoder_input_tokens": (1, 8)})
-  params = model.init_variables(jax.random.PRNGKey(0), shapes)["params"]
+  params = model.init_variables(jax.random.PRNGKey(0), _shapes(fam))["params"]
   rng = np.random.default_rng(1)
   params = jax.tree.map(
       lambda x: (np.asarray(x) + 0.1 * rng.standard_normal(x.shape)).astype(np.float32), params)
@@ -86,6 +93,10 @@ def test_transformers_loads_the_export_and_reproduces_protjax_embed(trained, tmp
   fam, config, params = trained
   out = export.export_hf(params, config, tmp_path / "hf")
   architecture = json.load(open(os.path.join(out, "config.json")))["architectures"][0]
+  if not hasattr(transformers, architecture):
+    # ProtTXL: transformers 5 has no Transformer-XL; test_transfo_xl checks the
+    # import against transformers 4.34.1's outputs instead.
+    pytest.skip(f"transformers {transformers.__version__} has no {architecture}")
   hf = getattr(transformers, architecture).from_pretrained(out).eval()
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
   embedder = embed.Embedder(fam.encoder_params(params), config, attention_impl="einsum")
@@ -187,10 +198,8 @@ def test_import_bad_input_is_one_line_and_writes_nothing(case, tmp_path):
 
 def _random(fam):
   config = fam.get_config("tiny")
-  shapes = ({"encoder_input_tokens": (1, 8), "decoder_target_tokens": (1, 8)}
-            if fam.full_kind == "encoder_decoder" else {"encoder_input_tokens": (1, 8)})
   params = registry.get_model(fam.name, config).init_variables(
-      jax.random.PRNGKey(0), shapes)["params"]
+      jax.random.PRNGKey(0), _shapes(fam))["params"]
   return jax.tree.map(np.asarray, params), config
 
 

@@ -162,7 +162,8 @@ def test_entry_point_reports_bad_gin_in_one_line(tmp_path, capsys, clean_gin):
 @pytest.mark.parametrize("demo, family", [
     ("demo.gin", "prott5"), ("demo_protbert.gin", "protbert"),
     ("demo_protalbert.gin", "protalbert"), ("demo_protelectra.gin", "protelectra"),
-    ("demo_protxlnet.gin", "protxlnet")])
+    ("demo_protxlnet.gin", "protxlnet"),
+    ("demo_prottxl.gin", "prottxl")])
 def test_short_demo_loss_falls(tmp_path, clean_gin, demo, family):
   """Each family's demo gin, shortened: its tiny model on the bundled sample."""
   from protjax.models import registry

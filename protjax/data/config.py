@@ -7,7 +7,9 @@
   `protjax-data prepare`): `prepared_pipeline`, reading records by index
   (UniRef/BFD: resume in seconds at any step, the same global batches on any
   number of hosts);
-- `backend = 'numpy'`: `numpy_pipeline`, FASTA without TensorFlow (t5, bert, electra objectives).
+- `backend = 'numpy'`: `numpy_pipeline`, FASTA without TensorFlow (t5, bert, electra objectives);
+- a `{corpus}_txl` task (ProtTXL): `stream`, one stream of proteins cut into
+  rows that continue from step to step, on either backend.
 
 TensorFlow-free on purpose: a run on a machine without TensorFlow/seqio (a
 bare GPU box) binds `DataConfig.backend = 'numpy'` and the same gin files
@@ -100,6 +102,10 @@ def get_dataset(task_name: str, *, backend: str = "seqio", **kwargs
   batch_size, seed, start_step, shard_info, ...); `backend` "seqio" picks the
   path from the task's source, "numpy" is the TensorFlow-free ProtT5 path.
   """
+  from protjax.data import stream  # pylint: disable=import-outside-toplevel
+  if stream.is_stream_task(task_name):
+    # ProtTXL's stream (NumPy, no TensorFlow) whatever the backend.
+    return stream.get_dataset(task_name, **kwargs)
   if backend == "numpy":
     from protjax.data import numpy_pipeline  # pylint: disable=import-outside-toplevel
     return numpy_pipeline.get_dataset(task_name, **kwargs)

@@ -423,8 +423,20 @@ def _loss_and_metrics(logits, batch):
       `encoder_loss_weights` (1 where the objective masked: [MASK], random or
       kept residue).
   """
-  targets = batch["encoder_target_tokens"].astype(jnp.int32)
-  weights = jnp.asarray(batch["encoder_loss_weights"], jnp.float32)
+  return token_loss_and_metrics(logits, batch["encoder_target_tokens"],
+                                batch["encoder_loss_weights"])
+
+
+def token_loss_and_metrics(logits, targets, weights):
+  """Cross-entropy over the loss-weighted positions, and scalar metrics.
+
+  Args:
+    logits: `[batch, length, vocab]`.
+    targets: `[batch, length]` ids to predict.
+    weights: `[batch, length]`, 1 at the positions the objective scores.
+  """
+  targets = targets.astype(jnp.int32)
+  weights = jnp.asarray(weights, jnp.float32)
   logits = jnp.asarray(logits, jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
@@ -437,8 +449,9 @@ def _loss_and_metrics(logits, batch):
       "loss": cross_entropy,
       "cross_entropy": cross_entropy,
       "accuracy": accuracy,
-      # The weighted positions are the masked residues: the two are one figure
-      # (the trainer's console line prints this name for every family).
+      # The weighted positions are the masked residues (ProtTXL: every next
+      # residue): the two are one figure (the trainer's console line prints
+      # this name for every family).
       "masked_residue_accuracy": accuracy,
       "num_tokens": num,
   }

@@ -185,6 +185,11 @@ def _electra_model(config):
   return electra.ElectraRTDModel(config)
 
 
+def _prottxl_model(config):
+  from protjax.models import transfo_xl  # pylint: disable=import-outside-toplevel
+  return transfo_xl.TransfoXLModel(config)
+
+
 def _xlnet_model(config):
   from protjax.models import xlnet  # pylint: disable=import-outside-toplevel
   return xlnet.PermutationLMModel(config)
@@ -200,6 +205,14 @@ def _protbert_vocabulary():
   from protjax import tokenizer  # pylint: disable=import-outside-toplevel
   return tokenizer.TokenListVocabulary(tokenizer.protbert_tokens(), unk_token="[UNK]",
                                        pad_token="[PAD]", prefix=("[CLS]",), suffix=("[SEP]",))
+
+
+def _prottxl_vocabulary():
+  """ProtBert's 30 tokens; a protein is its residues then `[SEP]`, the end-of-protein
+  token that separates proteins in the training stream (no `[CLS]`)."""
+  from protjax import tokenizer  # pylint: disable=import-outside-toplevel
+  return tokenizer.TokenListVocabulary(tokenizer.protbert_tokens(), unk_token="[UNK]",
+                                       pad_token="[PAD]", suffix=("[SEP]",))
 
 
 def _protxlnet_vocabulary():
@@ -241,6 +254,13 @@ FAMILIES: Mapping[str, Family] = {
         packable=False,
         layer_embedded="the last layer's content stream (no LM head); proteins longer than "
                        "the target length segment by segment through the memory"),
+    "prottxl": Family(
+        name="prottxl", model_module="protjax.models.transfo_xl",
+        config_class="TransfoXLConfig", encoder_class="TransfoXLEncoder", objective="txl",
+        full_kind="lm", vocabulary=_prottxl_vocabulary, make_model=_prottxl_model,
+        hf_module="protjax.hf.transfo_xl", packable=False,
+        layer_embedded="the last layer's output, the protein read segment by segment with "
+                       "the memory (each residue sees only its left context)"),
 }
 
 
@@ -266,7 +286,7 @@ def get_model(family: str = "prott5", config: Any = None):
   Args:
     family: one of FAMILIES.
     config: the family's config dataclass (gin: `@T5Config()`, `@BertConfig()`,
-      `@ElectraConfig()`, `@XLNetConfig()`),
+      `@ElectraConfig()`, `@TransfoXLConfig()`, `@XLNetConfig()`),
       or a size name ("tiny", "xl", ...), or None for the family's tiny size.
   """
   fam = get_family(family)
