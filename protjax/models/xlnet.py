@@ -436,16 +436,22 @@ class XLNetEncoder(nn.Module):
     length, seg_len = tokens.shape[1], cfg.target_length
     if length <= seg_len:
       return self.segment(tokens, segments, deterministic=deterministic).content
-    memory = self.empty_memory(tokens.shape[0])
-    outs = []
-    # A Python loop: one traced segment each (their lengths are static).
-    for start in range(0, length, seg_len):
-      chunk = slice(start, start + seg_len)
-      out = self.segment(tokens[:, chunk], segments[:, chunk], memory,
-                         deterministic=deterministic)
-      outs.append(out.content)
-      memory = recurrence.update_memory(memory, out.layer_inputs, segments[:, chunk])
-    return jnp.concatenate(outs, axis=1)
+    # Padded to whole segments (padding is segment 0: seen by nothing), then
+    # one scan over them: one compiled segment whatever the protein's length.
+    n = -(-length // seg_len)
+    pad = [(0, 0), (0, n * seg_len - length)]
+    chunks = lambda x: jnp.moveaxis(jnp.pad(x, pad).reshape(x.shape[0], n, seg_len), 1, 0)
+
+    def step(module, memory, xs):
+      tokens_c, segments_c = xs  # [b, seg_len] each
+      out = module.segment(tokens_c, segments_c, memory, deterministic=deterministic)
+      return recurrence.update_memory(memory, out.layer_inputs, segments_c), out.content
+
+    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False,
+                                                                  "dropout": True})
+    _, outs = scan(self, self.empty_memory(tokens.shape[0]), (chunks(tokens), chunks(segments)))
+    # [n, b, seg_len, d] -> [b, length, d]
+    return jnp.moveaxis(outs, 0, 1).reshape(tokens.shape[0], n * seg_len, -1)[:, :length]
 
   def __call__(self, tokens, segment_ids=None, positions=None, *, deterministic=True):
     """`[batch, length]` int (0 = padding) -> `[batch, length, hidden]` (compute dtype)."""
