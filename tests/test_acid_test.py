@@ -87,7 +87,7 @@ def make_data(root: pathlib.Path) -> None:
       f.write(f">Q{i:05d} {where}-{'MSU'[i % 3]}\n{s}\n")
 
 
-FAMILIES = ("prott5", "protbert", "protalbert", "protelectra", "protxlnet")
+FAMILIES = ("prott5", "protbert", "protalbert", "protelectra", "protxlnet", "prottxl")
 # Each family's tiny size (gin_configs/models/<family>_tiny.gin): hidden width 32.
 TINY = {f: str(REPO / "gin_configs" / "models" / f"{f}_tiny.gin") for f in FAMILIES}
 REPORTS = {f: "acid_test" if f == "prott5" else f"acid_test_{f}" for f in FAMILIES}
@@ -134,7 +134,8 @@ def baselines(tmp_path_factory):
 # (ProtBert's module with a shared layer) and ProtElectra (its discriminator
 # is what is embedded) take the same road, with `pytest -m slow`.
 @pytest.fixture(scope="module", params=["prott5", "protbert"] + [
-    pytest.param(f, marks=pytest.mark.slow) for f in ("protalbert", "protelectra", "protxlnet")])
+    pytest.param(f, marks=pytest.mark.slow)
+    for f in ("protalbert", "protelectra", "protxlnet", "prottxl")])
 def acid_run(request, tmp_path_factory, baselines):
   family = request.param
   root = tmp_path_factory.mktemp(f"acid_{family}")
