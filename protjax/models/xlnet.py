@@ -49,10 +49,12 @@ Parameter tree (`variables["params"]`; every parameter made with
 `mem_len` positions' per-layer states (the memory), so a protein of any
 length embeds in memory bounded by the segment and memory lengths. Inside a
 segment attention is bidirectional; across segments a position sees only
-the memory, i.e. the `mem_len` positions before its segment (the
-references' recurrence). Packed rows: segment ids (0 = padding) restrict
-attention to the same protein, memory included; relative positions need no
-restart per protein.
+the memory, i.e. the `mem_len` positions before its segment, whose states
+carry, layer by layer, what those positions saw in turn (the references'
+recurrence). Packed rows: segment ids (0 = padding) restrict attention to
+the same protein, memory included; relative positions need no restart per
+protein. Training windows are one segment each: the memory is not carried
+across training steps (the trainer's recurrent state, ProtTXL's, is unused).
 
 The objective (`permutation_targets`, `PermutationLMModel.loss_fn`), as
 XLNet's `data_utils._local_perm` builds it, drawn on the device from the
