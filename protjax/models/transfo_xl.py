@@ -207,7 +207,7 @@ class TransfoXLLayer(nn.Module):
 
 
 class TransfoXL(nn.Module):
-  """The stack on one segment: `(tokens, memory, segments) -> (hidden, new memory)`."""
+  """The stack on one segment: `(memory, tokens, segments) -> (new memory, hidden)`."""
   config: TransfoXLConfig
   deterministic: bool = True
 
