@@ -1,15 +1,17 @@
 """Residue vocabularies, id-for-id identical to the released ProtTrans tokenizers.
 
-Both are `seqio.Vocabulary` subclasses that need no sentencepiece model: a
-sequence is tokenised one residue per character. Upper-casing is a documented
+Both implement `seqio.Vocabulary`'s interface and need no sentencepiece
+model: a sequence is tokenised one residue per character. Upper-casing is a documented
 normalisation; the rare residues U Z O B are mapped to X by default
 (`map_rare_residues=False` keeps them), as ProtTrans does before tokenising.
 Spaces are ignored, so the Hugging Face convention "M K T" encodes like "MKT".
 
-seqio (and TensorFlow under it) is only needed by the data pipeline: where it
-is not installed (an inference or GPU box without TensorFlow), the same
-classes stand on a small plain-Python base with the same ids, so embedding,
-export and the NumPy data backend still work.
+Neither seqio nor TensorFlow is imported here: the classes stand on a small
+plain-Python base with seqio.Vocabulary's interface (the TensorFlow methods
+import TensorFlow when called), so embedding, export, the NumPy data
+backend and the prepared-corpus pipeline start without them, and work where
+they are not installed. `protjax.data.seqio_tasks` registers the classes as
+virtual subclasses of `seqio.Vocabulary` when it builds SeqIO tasks.
 """
 from __future__ import annotations
 
@@ -20,19 +22,11 @@ import numpy as np
 from protjax.tokenizer import (PROTBERT_RESIDUES, PROTBERT_SPECIALS, PROTT5_EXTRA_IDS,  # noqa: F401
                                PROTT5_RESIDUES, PROTT5_SPECIALS, RARE_RESIDUES, token_id)
 
-try:
-  import seqio
-  import tensorflow as tf
-except ModuleNotFoundError as e:
-  if e.name not in ("seqio", "tensorflow"):
-    raise
-  seqio = tf = None
-
 
 
 class _PlainVocabulary:
-  """The part of `seqio.Vocabulary` protjax uses, when seqio is absent:
-  `extra_ids` sentinels after the base ids, `encode` -> list of ids."""
+  """`seqio.Vocabulary`'s interface without seqio: `extra_ids` sentinels
+  after the base ids, `encode` -> list of ids, `encode_tf` (TensorFlow)."""
 
   def __init__(self, extra_ids: int = 0):
     self._extra_ids = extra_ids
@@ -48,8 +42,11 @@ class _PlainVocabulary:
   def encode(self, s: str) -> Sequence[int]:
     return self._encode(s)
 
+  def encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    return self._encode_tf(s)
 
-class ResidueVocabulary(seqio.Vocabulary if seqio else _PlainVocabulary):
+
+class ResidueVocabulary(_PlainVocabulary):
   """A one-character-per-token vocabulary: `specials` first, then `residues`."""
 
   def __init__(self, specials: Sequence[str], residues: str, *, pad_id: int,
@@ -109,11 +106,13 @@ class ResidueVocabulary(seqio.Vocabulary if seqio else _PlainVocabulary):
     return "".join(self.id_to_token(int(i)) for i in ids if int(i) != self._pad)
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     s = tf.strings.regex_replace(s, " ", "")
     data = tf.cast(tf.io.decode_raw(s, tf.uint8), tf.int32)
     return tf.gather(tf.constant(self._byte_to_id), data)
 
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tokens = tf.constant([self.id_to_token(i) for i in range(self.vocab_size)])
     ids = tf.boolean_mask(ids, tf.not_equal(ids, self._pad))
     return tf.strings.reduce_join(tf.gather(tokens, ids), axis=-1)

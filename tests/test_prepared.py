@@ -260,6 +260,33 @@ def test_bundled_sample_prepares_on_first_use(tmp_path, monkeypatch):
   index = prepared.read_index(str(tmp_path / made))
   assert sum(index["splits"][s]["records"] for s in prepared.SPLITS) == 4145
 
+_FRESH = """
+import sys
+from protjax.data.config import DataConfig
+b = next(DataConfig(task_name="protjax_sample_prepared_t5", sequence_length=64,
+                    batch_size=4).get_dataset("train", start_step=1_000_000))
+assert b["encoder_input_tokens"].shape == (4, 64), b["encoder_input_tokens"].shape
+heavy = sorted(m for m in ("tensorflow", "seqio", "jax") if m in sys.modules)
+assert not heavy, f"imported {heavy} for a prepared corpus"
+import tasks  # seqio not imported yet: `import tasks` registers the SeqIO tasks anyway
+import seqio
+task = seqio.get_mixture_or_task("protjax_sample_prepared_t5")
+assert isinstance(task.output_features["inputs"].vocabulary, seqio.Vocabulary)
+print("ok")
+"""
+
+
+def test_fresh_process_starts_a_prepared_corpus_without_tensorflow(tmp_path):
+  """A prepared-corpus run builds its first batch (resumed far in) without
+  importing TensorFlow, seqio or jax (a fresh process spent 8-13 s on them);
+  `import tasks` afterwards still gives the SeqIO task."""
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3",
+             PROTJAX_CACHE_DIR=str(tmp_path))
+  out = subprocess.run([sys.executable, "-c", _FRESH], env=env, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert out.returncode == 0 and out.stdout.split() == ["ok"], out.stderr[-2000:]
+
+
 
 def _cli_error(capsys, corpus_dir) -> str:
   with pytest.raises(SystemExit) as e:

@@ -13,8 +13,10 @@
 
 TensorFlow-free on purpose: a run on a machine without TensorFlow/seqio (a
 bare GPU box) binds `DataConfig.backend = 'numpy'` and the same gin files
-parse. The task registry (the top-level `tasks` package) is imported here,
-at the edge, never by the pipelines.
+parse, and a prepared-corpus task starts without importing either (the
+task specs come from `protjax.data.corpora`, not from seqio's registry;
+`import tasks` adds the SeqIO tasks for seqio's own API). The built-in
+tasks are looked up here, at the edge, never by the pipelines.
 """
 from __future__ import annotations
 
@@ -113,7 +115,7 @@ def get_dataset(task_name: str, *, backend: str = "seqio", **kwargs
     from protjax.errors import InputError  # pylint: disable=import-outside-toplevel
     raise InputError(f"unknown DataConfig.backend {backend!r}; expected one of {BACKENDS}")
   # pylint: disable=import-outside-toplevel
-  import tasks  # noqa: F401  (registers the built-in tasks)
+  from protjax.data import corpora  # noqa: F401  (the built-in tasks' specs; no TensorFlow)
   from protjax.data import registry
   spec = registry.get_spec(task_name)
   if spec.prepared:

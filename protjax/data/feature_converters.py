@@ -19,7 +19,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-CONVERTERS = ("encdec", "encoder")
+from protjax.data.objectives import CONVERTERS  # noqa: F401  (re-exported)
 
 
 def shift_right(targets: tf.Tensor, positions: Optional[tf.Tensor] = None) -> tf.Tensor:

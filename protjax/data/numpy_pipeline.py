@@ -24,18 +24,16 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from protjax.data.objectives import CONVERTERS, STANDARD_RESIDUES
 from protjax.data.readers import is_validation, read_fasta, resolve_files
 from protjax.errors import InputError
 from protjax.vocab import ProtBertVocabulary, ProtT5Vocabulary, ResidueVocabulary
 
-CONVERTERS = ("encdec", "encoder")
 _PURPOSE_ORDER, _PURPOSE_CROP, _PURPOSE_MASK = 0, 1, 2
-# The objective of each task suffix (preprocessors.make_objective, without
-# TensorFlow): default mask rate and the feature converter a task gets.
+# The objective of each task suffix (as objectives.make_objective): default
+# mask rate and the feature converter a task gets.
 OBJECTIVES = {"t5": (0.15, "encdec"), "bert": (0.15, "encoder"), "electra": (0.25, "encoder"),
               "xlnet": (0.0, "encoder")}
-# BERT's random replacements: the 20 standard residues (preprocessors.STANDARD_RESIDUES).
-STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 
 def load_split(files: Sequence[str], split: str, fraction: float,

@@ -48,9 +48,9 @@ from protjax.data import feature_converters, preprocessors, registry
 # Re-exported: DataConfig lives in a TensorFlow-free module (it also drives
 # the NumPy backend); the sources and the registry moved out of this module.
 from protjax.data.config import DEFAULT_SHUFFLE_BUFFER, DataConfig  # noqa: F401
-from protjax.data.preprocessors import make_objective
 from protjax.data.readers import is_validation  # noqa: F401
-from protjax.data.registry import TaskSpec, register_task, seqio_preprocessor  # noqa: F401
+from protjax.data.registry import TaskSpec, register_task  # noqa: F401
+from protjax.data.seqio_tasks import seqio_preprocessor  # noqa: F401
 from protjax.data.sources import (SPLITS, FastaSource, epoch_and_offset, epochs,  # noqa: F401
                                   input_errors)
 from protjax.errors import InputError
@@ -80,20 +80,12 @@ def build_dataset(spec: TaskSpec, *, split: str, sequence_length, batch_size: in
   if spec.prepared:
     raise InputError(f"task {spec.name!r} reads a prepared corpus: build its batches with "
                      "protjax.data.config.get_dataset (or DataConfig)")
-  objective = spec.objective
-  if mask_rate is not None or not map_rare_residues:
-    objective = make_objective(objective.name,
-                               objective.mask_rate if mask_rate is None else mask_rate,
-                               map_rare_residues=map_rare_residues)
-  kind = feature_converter or spec.default_converter
-  if kind not in feature_converters.CONVERTERS:
-    raise InputError(f"unknown feature converter {kind!r}; expected "
-                     f"{feature_converters.CONVERTERS}")
+  objective, kind, length = spec.run_settings(
+      sequence_length=sequence_length, batch_size=batch_size,
+      feature_converter=feature_converter, mask_rate=mask_rate,
+      map_rare_residues=map_rare_residues)
   if length_policy not in LENGTH_POLICIES:
     raise InputError(f"unknown length policy {length_policy!r}; expected {LENGTH_POLICIES}")
-  if batch_size < 1:
-    raise InputError(f"batch_size must be positive, got {batch_size}")
-  length = preprocessors.single_length(sequence_length)
   max_res = objective.max_residues(length)
   source = spec.source
   if isinstance(source_files, str):  # one glob from a flag or gin binding

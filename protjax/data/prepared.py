@@ -259,6 +259,21 @@ def _write_index(output: str, files: list[str], stamps: list[dict], parts: dict,
 
 # --- reading ---------------------------------------------------------------------
 
+def corpus_folder(given, corpus: str) -> str:
+  """The one prepared-corpus folder in `given` (a path or a list of one:
+  DataConfig.source_files or the task's setting); InputError naming the
+  corpus and its settings otherwise."""
+  if isinstance(given, str):
+    given = [given]
+  given = [g for g in given or () if g]
+  if len(given) != 1:
+    raise InputError(f"corpus {corpus!r} needs one prepared-corpus folder (made by "
+                     "protjax-data prepare), got "
+                     f"{list(given) or 'none'}: set DataConfig.source_files, "
+                     f"protjax-data --source, or PROTJAX_{corpus.upper()}_FILES")
+  return given[0]
+
+
 def read_index(directory: str) -> dict:
   """The parsed `index.json` of a prepared corpus (InputError if it is not one)."""
   path = os.path.join(directory, "index.json")

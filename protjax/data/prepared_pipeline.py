@@ -43,10 +43,9 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from protjax.data import prepared
-from protjax.data.preprocessors import STANDARD_RESIDUES, Objective, make_objective
+from protjax.data.objectives import CONVERTERS, STANDARD_RESIDUES, Objective
 from protjax.errors import InputError
 
-CONVERTERS = ("encdec", "encoder")
 PURPOSE_ORDER, PURPOSE_CROP, PURPOSE_MASK, PURPOSE_HOW, PURPOSE_PICK = 10, 11, 12, 13, 14
 FEISTEL_ROUNDS = 6
 PREFETCH = 2  # batches computed ahead in a background thread
@@ -318,25 +317,17 @@ def batches(spec: Any, *, split: str, sequence_length, batch_size: int, seed: in
   batches: the complete global batches of one epoch.
   """
   del validation_fraction, shuffle_buffer_size
-  from protjax.data.preprocessors import single_length  # pylint: disable=import-outside-toplevel
-  objective = spec.objective
-  if mask_rate is not None or not map_rare_residues:
-    objective = make_objective(objective.name,
-                               objective.mask_rate if mask_rate is None else mask_rate,
-                               map_rare_residues=map_rare_residues)
-  kind = feature_converter or spec.default_converter
-  if kind not in CONVERTERS:
-    raise InputError(f"unknown feature converter {kind!r}; expected {CONVERTERS}")
+  objective, kind, length = spec.run_settings(
+      sequence_length=sequence_length, batch_size=batch_size,
+      feature_converter=feature_converter, mask_rate=mask_rate,
+      map_rare_residues=map_rare_residues)
   if length_policy != "crop":
     raise InputError(f"length_policy {length_policy!r}: a prepared corpus is read by index "
                      "and crops long proteins (length_policy='crop'); use the FASTA task "
                      "to drop them")
-  if batch_size < 1:
-    raise InputError(f"batch_size must be positive, got {batch_size}")
-  length = single_length(sequence_length)
-  objective.max_residues(length)  # ValueError if no residue fits
   index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
-  corpus = prepared.PreparedCorpus(spec.source.directory(source_files), split)
+  corpus = prepared.PreparedCorpus(
+      prepared.corpus_folder(source_files or spec.patterns(), spec.corpus), split)
   batcher = Batcher(corpus, objective, length=length, batch_size=batch_size, seed=seed,
                     shard_index=index, num_shards=count, kind=kind, pack=pack,
                     shuffle=(split == "train") if shuffle is None else shuffle)

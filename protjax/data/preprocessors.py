@@ -23,86 +23,19 @@ Special tokens (`</s>`, `[CLS]`, `[SEP]`) and padding are never masked.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Mapping, Optional, Union
-
 import tensorflow as tf
 
-from protjax.errors import InputError
-from protjax.vocab import ProtBertVocabulary, ProtT5Vocabulary, ResidueVocabulary
-
-# Random replacements draw from the 20 standard amino acids (not X/B/O/U/Z,
-# which would teach the model to predict ambiguity codes from nothing).
-STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+# The objectives themselves are TensorFlow-free (the prepared and NumPy
+# pipelines use them without TensorFlow); re-exported here, where they began.
+from protjax.data.objectives import (OBJECTIVE_NAMES, STANDARD_RESIDUES, Objective,  # noqa: F401
+                                     make_objective, single_length)
+from protjax.vocab import ResidueVocabulary
 
 # Distinct purposes fold different constants into the step seed, so crop and
 # mask draws of the same step are independent.
 PURPOSE_CROP = 1
 PURPOSE_MASK = 2
 PURPOSE_REPLACE = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  """A pretraining objective: how sequences are framed and masked.
-
-  Attributes:
-    name: "t5", "bert", "electra" or "xlnet".
-    vocabulary: the residue vocabulary of the model family.
-    mask_rate: probability that a residue is selected for masking.
-    prefix_ids: ids put before the residues (`[CLS]` for ProtBert).
-    suffix_ids: ids put after the residues (`</s>` for ProtT5, `[SEP]`).
-    replace_with_mask / replace_with_random: BERT's 80/10 split of the selected
-      positions (the rest keep their residue). Unused by "t5", which always
-      replaces with the sentinel.
-  """
-  name: str
-  vocabulary: ResidueVocabulary
-  mask_rate: float
-  prefix_ids: tuple[int, ...] = ()
-  suffix_ids: tuple[int, ...] = ()
-  replace_with_mask: float = 0.8
-  replace_with_random: float = 0.1
-
-  @property
-  def num_special(self) -> int:
-    return len(self.prefix_ids) + len(self.suffix_ids)
-
-  def max_residues(self, length: int) -> int:
-    """Residues that fit in an example of `length` tokens with its specials."""
-    if length <= self.num_special:
-      raise ValueError(f"sequence length {length} leaves no room for residues")
-    return length - self.num_special
-
-  def mask(self, tokens: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
-    """`[batch, length]` ids -> dict of inputs, targets, loss_weights (same shape)."""
-    if self.name == "t5":
-      return t5_denoise(tokens, seed, self.vocabulary, rate=self.mask_rate)
-    return bert_mask(tokens, seed, self.vocabulary, rate=self.mask_rate,
-                     replace_with_mask=self.replace_with_mask,
-                     replace_with_random=self.replace_with_random)
-
-
-def make_objective(name: str, mask_rate: Optional[float] = None,
-                   map_rare_residues: bool = True) -> Objective:
-  """The objective `name` in {"t5", "bert", "electra", "xlnet"} with its paper defaults."""
-  if name == "t5":
-    v = ProtT5Vocabulary(map_rare_residues=map_rare_residues)
-    return Objective("t5", v, 0.15 if mask_rate is None else mask_rate,
-                     suffix_ids=(v.eos_id,))
-  if name in ("bert", "electra"):
-    v = ProtBertVocabulary(map_rare_residues=map_rare_residues)
-    default = 0.15 if name == "bert" else 0.25
-    return Objective(name, v, default if mask_rate is None else mask_rate,
-                     prefix_ids=(v.cls_id,), suffix_ids=(v.eos_id,))
-  if name == "xlnet":
-    v = ProtBertVocabulary(map_rare_residues=map_rare_residues)
-    return Objective(name, v, 0.0 if mask_rate is None else mask_rate,
-                     suffix_ids=(v.eos_id, v.cls_id))
-  raise ValueError(f"unknown objective {name!r}; expected t5, bert, electra or xlnet")
-
-
-OBJECTIVE_NAMES = ("t5", "bert", "electra", "xlnet")
 
 
 # --- seeds -------------------------------------------------------------------
@@ -115,17 +48,6 @@ def step_seed(seed: int, shard_index: int, step, purpose: int) -> tf.Tensor:
 
 
 # --- length handling -----------------------------------------------------------
-
-def single_length(sequence_length: Union[int, Mapping[str, int]]) -> int:
-  """One length for aligned inputs/targets (ints or seqio's {'inputs', 'targets'})."""
-  if isinstance(sequence_length, int):
-    return sequence_length
-  lengths = {int(v) for k, v in sequence_length.items() if k in ("inputs", "targets") and v}
-  if len(lengths) != 1:
-    raise InputError(f"sequence_length {dict(sequence_length)}: inputs and targets must be "
-                     "set and equal (masked inputs are aligned with their targets)")
-  return lengths.pop()
-
 
 def keep_if_fits(sequence: tf.Tensor, max_residues: int) -> tf.Tensor:
   """Predicate for the "drop" length policy: scalar bool."""

@@ -236,16 +236,9 @@ class PreparedSource(seqio.DataSource):
 
   def directory(self, override: Union[str, Sequence[str], None] = None) -> str:
     """The corpus folder: `override` (DataConfig.source_files) or the task's."""
+    from protjax.data import prepared  # pylint: disable=import-outside-toplevel
     given = override or (self._directory() if callable(self._directory) else self._directory)
-    if isinstance(given, str):
-      given = [given]
-    given = [g for g in given or () if g]
-    if len(given) != 1:
-      raise InputError(f"corpus {self.name!r} needs one prepared-corpus folder (made by "
-                       "protjax-data prepare), got "
-                       f"{list(given) or 'none'}: set DataConfig.source_files, "
-                       f"protjax-data --source, or PROTJAX_{self.name.upper()}_FILES")
-    return given[0]
+    return prepared.corpus_folder(given, self.name)
 
   def list_shards(self, split: str) -> Sequence[str]:
     from protjax.data import prepared  # pylint: disable=import-outside-toplevel
