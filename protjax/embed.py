@@ -601,7 +601,7 @@ def _check_existing(writer) -> None:
   from protjax import embeddings_io
   mine = writer.attrs.options
   for path in (writer.partial_path, writer.path):
-    if not os.path.exists(path):
+    if not embeddings_io.present(path):
       continue
     attrs = embeddings_io.read_attrs(path)
     theirs = attrs.options
@@ -712,7 +712,11 @@ def build_parser() -> argparse.ArgumentParser:
       prog="protjax-embed",
       description="Embed the proteins of a FASTA file with a protjax T5 encoder "
       "(params checkpoint or Hugging Face T5 directory). Outputs one HDF5 dataset "
-      "per protein id; rerunning on the same output resumes.")
+      "per protein id; rerunning on the same output resumes. Every path may be a "
+      "gs:// URL: --model and --fasta are read from it; an HDF5 output on a URL is "
+      "written locally (under TMPDIR) and uploaded when the run ends, to OUT when "
+      "complete, else to OUT.partial, which a rerun resumes (a run killed outright "
+      "uploads nothing and starts over).")
   p.add_argument("--model", required=True,
                  help="params checkpoint, HF T5 directory or protjax-train model_dir "
                  "(its latest checkpoint); auto-detected")

@@ -21,6 +21,13 @@ Running the writer again resumes from the partial file (or, when `path` is
 already complete, from a copy of it): `done_ids()` tells the caller what to
 skip. A partial or complete file written for another model, dimension or kind is
 refused with an `InputError` naming the file.
+
+A path may be a URL (gs://...; `protjax.files`). h5py reads one by ranges
+through a seekable stream, but writes local files only: a writer for a URL
+works on a local copy in a temporary folder and uploads it when it closes,
+to `path` when complete, else to `path + ".partial"`, which the next run
+downloads and resumes (after an error or Ctrl-C; a run that is killed
+outright leaves nothing on the URL and starts over).
 """
 from __future__ import annotations
 
@@ -28,11 +35,13 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import h5py
 import numpy as np
 
+from protjax import files
 from protjax.errors import InputError
 
 KINDS = ("per_residue", "per_protein")
@@ -88,8 +97,18 @@ def _attrs_of(f: h5py.File, path: str) -> EmbeddingAttrs:
                         kind=kind, options=options)
 
 
+def present(path: str) -> bool:
+  """Whether the file `path` exists (for a URL a file, not a prefix: ram://
+  takes `x.h5` to exist where only `x.h5.partial` does)."""
+  return files.isfile(path) if files.is_url(path) else os.path.exists(path)
+
+
 def _open_h5(path: str, mode: str) -> h5py.File:
   try:
+    if files.is_url(path):  # read by ranges (h5py writes local files only)
+      if mode != "r" or not present(path):
+        raise FileNotFoundError(path)
+      return h5py.File(files.open_file(path, "rb"), "r")
     return h5py.File(path, mode)
   except FileNotFoundError:
     raise InputError("no such file", path=path)
@@ -153,6 +172,10 @@ class EmbeddingWriter:
     _check_kind(kind)
     self.path = os.fspath(path)
     self.partial_path = self.path + PARTIAL_SUFFIX
+    # The file h5py writes: `partial_path`, or for a URL a local working copy
+    # (made by `open`, uploaded by `close`).
+    self._work_path = self.partial_path
+    self._work_dir: Optional[str] = None
     self.attrs = EmbeddingAttrs(model=str(model), dim=int(dim), kind=kind,
                                 options=dict(options or {}))
     self._options_json = json.dumps(self.attrs.options, sort_keys=True)
@@ -164,12 +187,12 @@ class EmbeddingWriter:
   def open(self) -> "EmbeddingWriter":
     if self._file is not None:
       return self
-    parent = os.path.dirname(os.path.abspath(self.path))
-    if not os.path.isdir(parent):
+    parent = files.parent_of(self.path)
+    if not files.isdir(parent):
       raise InputError("output folder does not exist", path=parent)
-    if os.path.exists(self.partial_path):
+    if present(self.partial_path):
       source = self.partial_path  # resume an interrupted run
-    elif os.path.exists(self.path):
+    elif present(self.path):
       source = self.path  # append to a complete file: work on a copy
     else:
       source = None
@@ -178,14 +201,20 @@ class EmbeddingWriter:
       with _open_h5(source, "r") as f:
         check_compatible(_attrs_of(f, source), source, model=self.attrs.model,
                          dim=self.attrs.dim, kind=self.attrs.kind)
-      if source == self.path:
-        tmp = self.partial_path + ".copy"
-        shutil.copyfile(self.path, tmp)
-        os.replace(tmp, self.partial_path)
-      self._file = _open_h5(self.partial_path, "a")
+    if files.is_url(self.path):
+      self._work_dir = tempfile.mkdtemp(prefix="protjax-h5-")
+      self._work_path = os.path.join(self._work_dir, "embeddings.h5" + PARTIAL_SUFFIX)
+      if source is not None:
+        files.copy_file(source, self._work_path)
+    elif source == self.path:
+      tmp = self.partial_path + ".copy"
+      shutil.copyfile(self.path, tmp)
+      os.replace(tmp, self.partial_path)
+    if source is not None:
+      self._file = _open_h5(self._work_path, "a")
       self._load_done()
     else:
-      self._file = h5py.File(self.partial_path, "w")
+      self._file = h5py.File(self._work_path, "w")
       self._file.attrs["model"] = self.attrs.model
       self._file.attrs["dim"] = self.attrs.dim
       self._file.attrs["kind"] = self.attrs.kind
@@ -205,22 +234,36 @@ class EmbeddingWriter:
     f.flush()
 
   def close(self, *, complete: bool = True) -> None:
-    """Closes the partial file; renames it to `path` when `complete`."""
+    """Closes the partial file; renames it to `path` when `complete`.
+
+    For a URL: uploads the working copy to `path` (then deletes the URL's
+    `.partial`) when `complete`, else to `path + ".partial"` for a rerun."""
     if self._file is None:
       return
     self._file.flush()
     self._file.close()
     self._file = None
-    if complete:
-      os.replace(self.partial_path, self.path)
+    if self._work_dir is None:
+      if complete:
+        os.replace(self.partial_path, self.path)
+      return
+    try:
+      files.copy_file(self._work_path, self.path if complete else self.partial_path)
+      if complete:
+        files.remove(self.partial_path)
+    finally:
+      shutil.rmtree(self._work_dir, ignore_errors=True)
+      self._work_dir = None
 
   def discard(self) -> None:
     """Closes and deletes the partial file (for bad input: nothing is left)."""
     if self._file is not None:
       self._file.close()
       self._file = None
-    if os.path.exists(self.partial_path):
-      os.remove(self.partial_path)
+    if self._work_dir is not None:
+      shutil.rmtree(self._work_dir, ignore_errors=True)
+      self._work_dir = None
+    files.remove(self.partial_path)
 
   def __enter__(self) -> "EmbeddingWriter":
     return self.open()
@@ -277,7 +320,7 @@ class EmbeddingFile:
 
   def __init__(self, path: str | os.PathLike):
     self.path = os.fspath(path)
-    if not os.path.exists(self.path) and os.path.exists(self.path + PARTIAL_SUFFIX):
+    if not present(self.path) and present(self.path + PARTIAL_SUFFIX):
       raise InputError(f"no such file (but {self.path + PARTIAL_SUFFIX} exists: "
                        "the run that writes it did not finish)", path=self.path)
     self._file = _open_h5(self.path, "r")

@@ -21,6 +21,13 @@ output in a sibling `<dir>.tmp-XXXX` and renames it into place, so an
 interrupted export leaves nothing half-written under the final name. Nothing
 here reads pickle: HF weights are loaded from safetensors only.
 
+Cloud Storage (gs://...): every reader and writer here takes a URL
+(`protjax.files`). An export to a URL is built locally and uploaded with its
+config.json last (`files.atomic_directory`): until config.json is there, no
+loader takes the folder for a model. A params checkpoint or HF directory on
+a URL is downloaded to a temporary folder to be read (`files.local_copy`); a
+training run's checkpoints are read by orbax where they are.
+
 CLIs: `protjax-export` (`export_main`) and `protjax-import` (`import_main`).
 """
 from __future__ import annotations
@@ -129,23 +136,23 @@ def save_params_checkpoint(directory: str | os.PathLike, params: Any, config: An
   vocabulary = vocabulary or family.vocabulary()
   meta = dict(config_to_dict(config), family=family.name, kind=kind,
               vocabulary=vocabulary.to_dict())
-  with atomic_directory(directory, overwrite=overwrite) as tmp:
+  with atomic_directory(directory, overwrite=overwrite, last=[CONFIG_FILE]) as tmp:
     _write_json(os.path.join(tmp, CONFIG_FILE), meta)
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(os.path.join(tmp, PARAMS_SUBDIR), {"params": params})
       checkpointer.wait_until_finished()
-  return os.path.abspath(os.fspath(directory))
+  return files.absolute(directory)
 
 
 def is_params_checkpoint(directory: str | os.PathLike) -> bool:
   """True for a protjax params checkpoint (config.json with a family, and params/)."""
   directory = os.fspath(directory)
-  path = os.path.join(directory, CONFIG_FILE)
-  if not (os.path.isfile(path) and os.path.isdir(os.path.join(directory, PARAMS_SUBDIR))):
+  path = files.join(directory, CONFIG_FILE)
+  if not (files.isfile(path) and files.isdir(files.join(directory, PARAMS_SUBDIR))):
     return False
   try:
-    with open(path, encoding="utf-8") as f:
-      return "family" in json.load(f)
+    with files.open_file(path, "rb") as f:
+      return "family" in json.loads(f.read().decode("utf-8"))
   except (OSError, ValueError, TypeError):
     return False
 
@@ -157,7 +164,11 @@ def load_params_checkpoint(directory: str | os.PathLike, target: Any = None) -> 
     directory: written by `save_params_checkpoint` / `protjax-import`.
     target: optional abstract param tree (`jax.ShapeDtypeStruct` leaves with
       shardings) to restore sharded device arrays; default: host numpy arrays.
+  A URL (gs://...) is downloaded to a temporary folder first.
   """
+  if files.is_url(directory):
+    with files.local_copy(directory) as local:
+      return load_params_checkpoint(local, target)
   import jax
   import orbax.checkpoint as ocp
   directory = os.fspath(directory)
@@ -218,14 +229,14 @@ def export_hf(params: Any, config: Any, directory: str | os.PathLike, dtype: str
     state = mapping.to_hf_state_dict(params, config, kind=kind, dtype=EXPORT_DTYPES[dtype])
   except ValueError as e:
     raise InputError(f"params do not fit the config: {e}") from None
-  with atomic_directory(directory, overwrite=overwrite) as tmp:
+  with atomic_directory(directory, overwrite=overwrite, last=[CONFIG_FILE]) as tmp:
     _write_json(os.path.join(tmp, CONFIG_FILE), mapping.hf_config(config, kind, dtype))
     # format=pt: transformers refuses safetensors files without it.
     save_file(state, os.path.join(tmp, SAFETENSORS_FILE), metadata={"format": "pt"})
     os.chmod(os.path.join(tmp, SAFETENSORS_FILE), default_mode())  # safetensors: 0600
     if tokenizer:
       write_tokenizer(tmp, family, vocabulary or family.vocabulary())
-  return os.path.abspath(os.fspath(directory))
+  return files.absolute(directory)
 
 
 # --- Hugging Face import -------------------------------------------------------
@@ -286,15 +297,18 @@ def import_hf(directory: str | os.PathLike, kind: Optional[str] = None) -> Loade
       params checkpoint (which also has a config.json) is recognised and
       loaded as such, so callers need not tell the formats apart.
     kind: "encoder" keeps only the encoder of a full model; default: what the
-      directory holds.
+      directory holds. A URL (gs://...) is downloaded to a temporary folder.
   Raises:
     InputError naming the offending config key or tensor.
   """
   from protjax import hf
   from protjax.models import registry
   directory = os.fspath(directory)
-  if not os.path.isdir(directory):
+  if not files.isdir(directory):
     raise InputError("directory not found", path=directory)
+  if files.is_url(directory):
+    with files.local_copy(directory) as local:
+      return import_hf(local, kind)
   if is_params_checkpoint(directory):
     loaded = load_params_checkpoint(directory)
     return _reduce(loaded, kind, where=directory)
@@ -402,7 +416,8 @@ def _export_parser() -> argparse.ArgumentParser:
                    "(e.g. written by protjax-import or an earlier export)")
   p.add_argument("--step", type=int, default=None,
                  help="with --model_dir: checkpoint step (default: latest complete)")
-  p.add_argument("--output", required=True, help="output directory (must not exist)")
+  p.add_argument("--output", required=True, help="output directory (must not exist); may "
+                 "be gs://...: built locally and uploaded, config.json last")
   p.add_argument("--format", choices=("params", "hf"), default="params",
                  help="params: protjax orbax params checkpoint; hf: Hugging Face "
                  "directory (default: %(default)s)")
@@ -462,8 +477,9 @@ def _import_parser() -> argparse.ArgumentParser:
       "the family is detected, the vocabulary read from vocab.txt / tokenizer.json) as a "
       "protjax params checkpoint, to embed with or to continue pretraining from the "
       "released weights.")
-  p.add_argument("hf_dir", help="Hugging Face model directory")
-  p.add_argument("out_dir", help="output params checkpoint directory (must not exist)")
+  p.add_argument("hf_dir", help="Hugging Face model directory (local or gs://...)")
+  p.add_argument("out_dir", help="output params checkpoint directory (must not exist; "
+                 "local or gs://..., uploaded with config.json last)")
   p.add_argument("--encoder_only", action="store_true",
                  help="keep only the encoder of a full model (drop the decoder / MLM head)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")

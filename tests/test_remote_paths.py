@@ -91,3 +91,168 @@ def test_a_run_reads_its_fasta_and_writes_its_files_on_a_url(tmp_path, monkeypat
   loss = trainer.read_run_log(f"{model_dir}/tensorboard").scalars["train/loss"]
   assert sorted(loss) == [1, 2, 3]
   assert checkpoints.Checkpointer(model_dir).latest_step() == 3
+
+
+# --- exports, embeddings and probes on URLs ------------------------------------------
+# ram:// lives in one process, so the CLIs run in the test's own (as the run
+# above does): their mains, exit codes and one-line errors, not a subprocess.
+def _cli(main, argv):
+  with pytest.raises(SystemExit) as exit_info:
+    main([str(a) for a in argv])
+  return exit_info.value.code
+
+
+def _one_error_line(capsys):
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: "), err
+  return err[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_t5():
+  """(params, config): a random tiny ProtT5 encoder-decoder, float32 numpy."""
+  import numpy as np
+  from protjax.hf import t5 as hf_t5
+  from protjax.models.t5 import get_config
+  config = get_config("tiny")
+  rng = np.random.default_rng(0)
+  state = {k: rng.standard_normal(s).astype(np.float32) * 0.1
+           for k, s in hf_t5.expected_hf_shapes(config, "encoder_decoder").items()}
+  return hf_t5.from_hf_state_dict(state, config, "encoder_decoder"), config
+
+
+def _assert_same_tree(a, b):
+  import jax
+  import numpy as np
+  la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+
+
+def test_export_and_import_write_and_read_urls(tmp_path, tiny_t5, monkeypatch, capsys):
+  """protjax-export / protjax-import between URLs: params checkpoint -> HF ->
+  params, each written locally and uploaded with config.json last; a failed
+  upload leaves nothing; an existing output is refused in one line."""
+  from protjax import export
+  params, config = tiny_t5
+  src = export.save_params_checkpoint(tmp_path / "src", params, config, "encoder_decoder")
+  root = "ram://exports"
+  local_tmp = tmp_path / "tmp"  # where exports to a URL are built
+  local_tmp.mkdir()
+  monkeypatch.setattr(files.tempfile, "tempdir", str(local_tmp))
+  uploaded = []
+  copy_file = files.copy_file
+  monkeypatch.setattr(files, "copy_file", lambda s, d: (uploaded.append(d), copy_file(s, d)))
+  assert _cli(export.export_main, ["--params_checkpoint", src, "--output", f"{root}/enc"]) == 0
+  assert uploaded[-1] == f"{root}/enc/config.json" and len(uploaded) > 2
+  assert any("/enc/params/" in u for u in uploaded)
+  assert not any(local_tmp.iterdir())  # the local build is gone
+  # A params checkpoint on a URL read back (downloaded), exported to HF on a URL.
+  assert _cli(export.export_main, ["--params_checkpoint", f"{root}/enc", "--output",
+                                   f"{root}/hf", "--format", "hf"]) == 0
+  assert files.isfile(f"{root}/hf/model.safetensors")
+  assert _cli(export.import_main, [f"{root}/hf", f"{root}/back"]) == 0
+  back = export.load_model(f"{root}/back")
+  assert back.kind == "encoder" and back.config == config
+  _assert_same_tree(back.params, back.family.encoder_params(params))
+  capsys.readouterr()
+  # Bad input: one line, exit 2, nothing written.
+  assert _cli(export.export_main, ["--params_checkpoint", src, "--output", f"{root}/hf"]) == 2
+  assert f"{root}/hf: output directory exists" in _one_error_line(capsys)
+  assert _cli(export.import_main, [f"{root}/missing", f"{root}/x"]) == 2
+  assert f"{root}/missing: directory not found" in _one_error_line(capsys)
+  assert not files.exists(f"{root}/x")
+  # A message about a file of a downloaded model names the URL, not the download.
+  with files.open_file(f"{root}/hf/config.json", "w") as f:
+    f.write("{not json")
+  assert _cli(export.import_main, [f"{root}/hf", f"{root}/x"]) == 2
+  assert _one_error_line(capsys).startswith(f"error: {root}/hf/config.json: not valid JSON")
+  # An upload that fails midway is removed, and so is the local build.
+  def broken(s, d):
+    if len(uploaded) > 3:
+      raise OSError("connection reset")
+    uploaded.append(d)
+    copy_file(s, d)
+  uploaded.clear()
+  monkeypatch.setattr(files, "copy_file", broken)
+  with pytest.raises(OSError, match="connection reset"):
+    export.save_params_checkpoint(f"{root}/broken", params, config)
+  assert not files.exists(f"{root}/broken") and not any(local_tmp.iterdir())
+
+
+def test_embed_probe_and_featurize_outputs_on_urls(tmp_path, tiny_t5, fixtures_dir, capsys):
+  """protjax-embed reads its model and FASTA from URLs and uploads its HDF5
+  files; an interrupted run leaves OUT.partial on the URL and the rerun
+  resumes it to the uninterrupted result. protjax-probe featurize / train /
+  eval read and write URLs too."""
+  import numpy as np
+  from protjax import embed, embeddings_io, export
+  from protjax.probes import cli as probe_cli
+  params, config = tiny_t5
+  root = "ram://embed"
+  export.save_params_checkpoint(f"{root}/model", params, config)
+  fasta = tmp_path / "proteins.fasta"  # one length bucket: one compile
+  fasta.write_text("".join(f">p{i}\n{'MKTAYIAKQRQISFVKSHFSRQ'[i:]}\n" for i in range(6)))
+  _put(f"{root}/in/proteins.fasta", fasta.read_bytes())
+  assert _cli(embed.main, ["--model", f"{root}/model", "--fasta", f"{root}/in/proteins.fasta",
+                           "--per_residue", f"{root}/out/res.h5", "--per_protein",
+                           f"{root}/out/prot.h5", "--no_progress",
+                           "--token_budget", 512]) == 2
+  assert f"{root}/out: output folder does not exist" in _one_error_line(capsys)
+  files.makedirs(f"{root}/out")
+  argv = ["--model", f"{root}/model", "--fasta", f"{root}/in/proteins.fasta", "--per_residue",
+          f"{root}/out/res.h5", "--per_protein", f"{root}/out/prot.h5", "--no_progress",
+          "--token_budget", 512]
+  assert _cli(embed.main, argv) == 0
+  assert files.glob(f"{root}/out/*") == [f"{root}/out/prot.h5", f"{root}/out/res.h5"]
+  embedder = embed.Embedder.from_directory(f"{root}/model", token_budget=512)
+  assert embedder.model_name == "model"
+  local = tmp_path / "res.h5"
+  embed.embed_fasta(embedder, fasta, per_residue=local)
+  want = embeddings_io.load_embeddings(local)
+  got = embeddings_io.load_embeddings(f"{root}/out/res.h5")  # read by ranges, not downloaded
+  assert sorted(got) == sorted(want) and len(want) == 6
+  for pid in want:
+    np.testing.assert_array_equal(got[pid], want[pid], err_msg=pid)
+  # Interrupted after 4 proteins: the partial file is uploaded, and resumed.
+  # (ram:// takes a path to exist where a longer name starts with it: glob.)
+  out = f"{root}/out/again.h5"
+
+  def stop(rid, seen=[]):
+    seen.append(rid)
+    if len(seen) == 4:
+      raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    embed.embed_fasta(embedder, f"{root}/in/proteins.fasta", per_residue=out, on_written=stop)
+  assert files.glob(f"{out}*") == [f"{out}.partial"]
+  with embeddings_io.EmbeddingFile(out + ".partial") as partial:
+    assert len(partial) == 4
+  summary = embed.embed_fasta(embedder, f"{root}/in/proteins.fasta", per_residue=out)
+  assert (summary["skipped"], summary["embedded"]) == (4, 2)
+  assert files.glob(f"{out}*") == [out]
+  again = embeddings_io.load_embeddings(out)
+  for pid in want:
+    np.testing.assert_array_equal(again[pid], want[pid], err_msg=pid)
+  # protjax-probe: features, a probe folder and a report, all on URLs.
+  probes = "ram://probes"
+  _put(f"{probes}/ss.csv", (fixtures_dir / "probes" / "tiny_ss.csv").read_bytes())
+  assert _cli(probe_cli.main, ["featurize", "--kind", "onehot", f"{probes}/ss.csv",
+                               f"{probes}/e.h5"]) == 0
+  assert _cli(probe_cli.main, ["train", "--task", "ss3ss8", "--model", "logreg",
+                               "--embeddings", f"{probes}/e.h5", "--labels",
+                               f"{probes}/ss.csv", "--max-epochs", 2, "--quiet",
+                               "--out", f"{probes}/probe"]) == 0
+  assert files.glob(f"{probes}/probe/*") == [f"{probes}/probe/config.json",
+                                              f"{probes}/probe/params.msgpack"]
+  capsys.readouterr()
+  assert _cli(probe_cli.main, ["train", "--task", "ss3ss8", "--embeddings", f"{probes}/e.h5",
+                               "--labels", f"{probes}/ss.csv", "--quiet",
+                               "--out", f"{probes}/probe"]) == 2
+  assert f"{probes}/probe: probe folder exists" in _one_error_line(capsys)
+  assert _cli(probe_cli.main, ["eval", "--probe", f"{probes}/probe", "--embeddings",
+                               f"{probes}/e.h5", "--labels", f"{probes}/ss.csv",
+                               "--bootstrap", 10, "--out", f"{probes}/report.json"]) == 0
+  with files.open_file(f"{probes}/report.json", "r") as f:
+    assert set(__import__("json").load(f)["metrics"]) == {"Q3", "Q8"}
+  assert files.isfile(f"{probes}/report.md")

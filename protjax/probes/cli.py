@@ -15,6 +15,9 @@
   protjax-probe eval --probe DIR --embeddings test.h5 --labels test.csv [--cb513]
       --out report.json            (also writes report.md)
 
+Every path may be a gs:// URL (protjax.files): HDF5 inputs are read by
+ranges, outputs written locally and uploaded (a probe folder's config.json last).
+
 Bad input (label length != sequence length, embeddings of another model or
 dimension, missing ids) ends with one `error: ...` line naming the file and
 record, exit status 2, and no output file.

@@ -80,10 +80,10 @@ class Probe:
     """Writes `config.json` and `params.msgpack` into `out_dir` atomically,
     with the permissions `mkdir` would give. An existing `out_dir` is an
     InputError unless `overwrite` (and then only a probe folder, or an empty
-    one, is replaced)."""
-    out_dir = os.path.abspath(os.fspath(out_dir))
+    one, is replaced). A URL (gs://...) is uploaded with config.json last."""
+    out_dir = files.absolute(out_dir)
     check_out_dir(out_dir, overwrite)
-    with files.atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with files.atomic_directory(out_dir, overwrite=overwrite, last=["config.json"]) as tmp:
       with open(os.path.join(tmp, "params.msgpack"), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(jax.device_get(self.state)))
       with open(os.path.join(tmp, "config.json"), "w") as f:
@@ -94,16 +94,16 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
   """InputError for a probe folder that cannot be written: its parent is
   missing, it exists (without `overwrite`), or it exists and is neither a
   probe folder nor empty. Training calls it first, not after its epochs."""
-  out_dir = os.path.abspath(os.fspath(out_dir))
-  parent = os.path.dirname(out_dir)
-  if not os.path.isdir(parent):
+  out_dir = files.absolute(out_dir)
+  parent = files.parent_of(out_dir)
+  if not files.isdir(parent):
     raise InputError("output folder's parent does not exist", path=parent)
-  if not os.path.lexists(out_dir):
+  if not (files.exists(out_dir) if files.is_url(out_dir) else os.path.lexists(out_dir)):
     return
   if not overwrite:
     raise InputError("probe folder exists (pass --overwrite to replace it)", path=out_dir)
-  if not os.path.exists(os.path.join(out_dir, "config.json")):
-    if not os.path.isdir(out_dir) or os.listdir(out_dir):
+  if not files.exists(files.join(out_dir, "config.json")):
+    if not files.isdir(out_dir) or files.listdir(out_dir):
       raise InputError("exists and is not a probe folder; refusing to replace it",
                        path=out_dir)
 
@@ -111,16 +111,16 @@ def check_out_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
 def load_probe(probe_dir: str | os.PathLike) -> Probe:
   """Reads a probe folder written by `Probe.save`."""
   probe_dir = os.fspath(probe_dir)
-  cfg = os.path.join(probe_dir, "config.json")
-  prm = os.path.join(probe_dir, "params.msgpack")
+  cfg = files.join(probe_dir, "config.json")
+  prm = files.join(probe_dir, "params.msgpack")
   for p in (cfg, prm):
-    if not os.path.exists(p):
+    if not files.exists(p):
       raise InputError("not a probe folder (missing config.json or params.msgpack)",
                        path=probe_dir)
   try:
-    with open(cfg) as f:
+    with files.open_file(cfg, "r") as f:
       meta = json.load(f)
-    with open(prm, "rb") as f:
+    with files.open_file(prm, "rb") as f:
       state = flax.serialization.msgpack_restore(f.read())
   except (ValueError, OSError) as e:
     raise InputError(f"unreadable probe ({e.__class__.__name__})", path=probe_dir)
