@@ -145,7 +145,7 @@ def test_hosts_read_disjoint_shards(tmp_path):
 
 def test_unsupported_settings_are_one_line_errors(tmp_path):
   path = _corpus(tmp_path)
-  for kw, needle in ((dict(task_name="protjax_sample_xlnet"), "a '\\*_t5', '\\*_bert'"),
+  for kw, needle in ((dict(task_name="protjax_sample_nonesuch"), "a '\\*_t5', '\\*_bert'"),
                      (dict(pack=True), "does not pack"),
                      (dict(source_files=()), "needs DataConfig.source_files"),
                      (dict(backend="arrow"), "unknown DataConfig.backend")):
