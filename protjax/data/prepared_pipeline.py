@@ -48,7 +48,13 @@ from protjax.errors import InputError
 
 PURPOSE_ORDER, PURPOSE_CROP, PURPOSE_MASK, PURPOSE_HOW, PURPOSE_PICK = 10, 11, 12, 13, 14
 FEISTEL_ROUNDS = 6
-PREFETCH = 2  # batches computed ahead in a background thread
+# Batches computed ahead, by WORKERS threads. A batch's reads are random: on
+# a corpus larger than the page cache they wait on the disk, and batches of
+# other steps overlap that wait (ArrayRecord reads release the GIL; 4 threads
+# reading cost the same CPU time as one). `batch(step)` is pure, so what a
+# step gets does not depend on the threads.
+PREFETCH = 8
+WORKERS = 4
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -286,7 +292,7 @@ class Batcher:
     positions = self.positions(step)
     records = self.corpus.read(record_indices(positions.ravel(), self.corpus.num_records,
                                               self.seed, self.shuffle))
-    seqs = [prepared.decode_record(r)[1] for r in records]
+    seqs = [prepared.record_sequence(r) for r in records]
     crop_u = uniform(key(self.seed, PURPOSE_CROP), positions)
     tokens, segment_ids, pos = layout(seqs, crop_u, self.length, self.objective)
     rows = (self.first_row + np.arange(self.batch_size, dtype=np.uint64))[:, None]
@@ -344,9 +350,10 @@ def batches(spec: Any, *, split: str, sequence_length, batch_size: int, seed: in
 
 def _prefetched(batcher: Batcher, start: int, stop: Optional[int]
                 ) -> Iterator[dict[str, np.ndarray]]:
-  """batcher.batch(start), ... (up to `stop`), PREFETCH computed ahead in a
-  thread (reads and numpy release the GIL while the trainer runs its step)."""
-  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="protjax-data")
+  """batcher.batch(start), ... (up to `stop`), PREFETCH computed ahead by
+  WORKERS threads (reads and numpy release the GIL while the trainer runs
+  its step), yielded in step order."""
+  pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="protjax-data")
   pending: collections.deque = collections.deque()
   step = start
   try:
