@@ -15,12 +15,15 @@ virtual subclasses of `seqio.Vocabulary` when it builds SeqIO tasks.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from protjax.tokenizer import (PROTBERT_RESIDUES, PROTBERT_SPECIALS, PROTT5_EXTRA_IDS,  # noqa: F401
                                PROTT5_RESIDUES, PROTT5_SPECIALS, RARE_RESIDUES, token_id)
+
+if TYPE_CHECKING:  # annotations only: the TensorFlow methods import it when called
+  import tensorflow as tf
 
 
 
