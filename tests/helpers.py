@@ -30,3 +30,13 @@ def t5_tokens(sequences, vocab=None) -> np.ndarray:
   from protjax.vocab import ProtT5Vocabulary
   vocab = vocab or ProtT5Vocabulary()
   return pad_rows([[*vocab.encode(s), vocab.eos_id] for s in sequences])
+
+
+def batch_shapes(family, batch: int = 1, length: int = 8) -> dict:
+  """Shapes of the features a registered family's objective feeds its model
+  (enough to build its variables)."""
+  if family.full_kind == "encoder_decoder":
+    return {"encoder_input_tokens": (batch, length), "decoder_target_tokens": (batch, length)}
+  if family.full_kind == "lm":  # ProtTXL's stream
+    return {"decoder_input_tokens": (batch, length)}
+  return {"encoder_input_tokens": (batch, length)}

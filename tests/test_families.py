@@ -17,6 +17,8 @@ from protjax import checkpoints, optim, partitioning, trainer
 from protjax.data.config import DataConfig
 from protjax.models import registry
 
+from helpers import batch_shapes
+
 FAMILIES = tuple(registry.FAMILIES)
 FASTA = str(pathlib.Path(__file__).parent / "fixtures" / "data" / "pretrain_small.fasta")
 # Tiny and shallow (short compiles), 4 heads so attention splits 4 ways.
@@ -118,8 +120,7 @@ def _paper_specs(family: str, size: str, rules: str, mesh_shape):
   """PartitionSpecs of the paper-size params on an abstract mesh (nothing allocated)."""
   fam = registry.get_family(family)
   model = registry.get_model(family, fam.get_config(size))
-  shapes = ({"encoder_input_tokens": (8, 512), "decoder_target_tokens": (8, 512)}
-            if family == "prott5" else {"encoder_input_tokens": (8, 512)})
+  shapes = batch_shapes(fam, 8, 512)
   variables = jax.eval_shape(lambda r: model.init_variables(r, shapes), jax.random.PRNGKey(0))
   mesh = AbstractMesh(mesh_shape, partitioning.MESH_AXES)
   part = partitioning.Partitioner(mesh, partitioning.get_rules(rules))
@@ -135,6 +136,7 @@ def _paper_specs(family: str, size: str, rules: str, mesh_shape):
     ("protelectra", "paper", 8, "tp"),
     ("protelectra", "paper", 32, "fsdp+tp"),
     ("protxlnet", "paper", 8, "tp"),
+    ("prottxl", "paper", 8, "tp"),
 ])
 def test_paper_sizes_split_every_large_weight(family, size, model_parallel, rules):
   """Every parameter of more than a million elements is split at least

@@ -18,15 +18,12 @@ import pytest
 from protjax import embed, embeddings_io, export
 from protjax.models import registry
 
+from helpers import batch_shapes, rel_error
+
 FAMILIES = tuple(registry.FAMILIES)
 SEQUENCES = ["MGCMKSKQTFPFPTIYEGEKQHESEEPFMPEERCLPRMASPVNVKEEVKEPPGTNTVILE",
              "MPMKSLRNDHGTLKAMIGSDFNELTIAAKNLATHAF", "MNWTAATCWALL"]
 TOLERANCE = 1e-5
-
-
-def rel_error(a, b):
-  return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-               / np.linalg.norm(np.asarray(b, np.float64)))
 
 
 def cli(entry_point, *args, timeout=120, umask=None):
@@ -40,15 +37,6 @@ def cli(entry_point, *args, timeout=120, umask=None):
   return proc.returncode, proc.stdout, proc.stderr
 
 
-def _shapes(fam):
-  """Batch shapes of the family's objective (its features), to build its variables."""
-  if fam.full_kind == "encoder_decoder":
-    return {"encoder_input_tokens": (1, 8), "decoder_target_tokens": (1, 8)}
-  if fam.full_kind == "lm":  # ProtTXL's stream
-    return {"decoder_input_tokens": (1, 8)}
-  return {"encoder_input_tokens": (1, 8)}
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def trained(request):
   """(family, config, full params): a tiny model with every parameter random
@@ -56,7 +44,7 @@ def trained(request):
   fam = registry.get_family(request.param)
   config = fam.get_config("tiny")
   model = registry.get_model(fam.name, config)
-  params = model.init_variables(jax.random.PRNGKey(0), _shapes(fam))["params"]
+  params = model.init_variables(jax.random.PRNGKey(0), batch_shapes(fam))["params"]
   rng = np.random.default_rng(1)
   params = jax.tree.map(
       lambda x: (np.asarray(x) + 0.1 * rng.standard_normal(x.shape)).astype(np.float32), params)
@@ -199,7 +187,7 @@ def test_import_bad_input_is_one_line_and_writes_nothing(case, tmp_path):
 def _random(fam):
   config = fam.get_config("tiny")
   params = registry.get_model(fam.name, config).init_variables(
-      jax.random.PRNGKey(0), _shapes(fam))["params"]
+      jax.random.PRNGKey(0), batch_shapes(fam))["params"]
   return jax.tree.map(np.asarray, params), config
 
 

@@ -46,11 +46,11 @@ def _files(corpus: str, source_files) -> list[str]:
   if isinstance(source_files, str):
     source_files = [source_files]
   if not source_files:
-    import tasks.pretraining  # pylint: disable=import-outside-toplevel
-    if corpus not in tasks.pretraining.CORPORA:
+    from protjax.data import corpora  # pylint: disable=import-outside-toplevel
+    if corpus not in corpora.CORPORA:
       raise InputError(f"unknown corpus {corpus!r} for a stream task; choose one of "
-                       f"{tasks.pretraining.CORPORA}")
-    source_files = tasks.pretraining.source_files(corpus)
+                       f"{corpora.CORPORA}")
+    source_files = corpora.source_files(corpus)
   if not source_files:
     raise InputError(f"no FASTA files for corpus {corpus!r}: set DataConfig.source_files or "
                      f"PROTJAX_{corpus.upper()}_FILES")
