@@ -137,7 +137,10 @@ def bert_mask(tokens: tf.Tensor, seed: tf.Tensor, vocabulary: ResidueVocabulary,
   selected = ((tf.random.stateless_uniform(shape, seed=seeds[0]) < rate)
               & residue_positions(tokens, vocabulary))
   how = tf.random.stateless_uniform(shape, seed=seeds[1])
-  standard = tf.constant(vocabulary.encode(STANDARD_RESIDUES), tf.int32)
+  # Plain Python (protjax.vocab subclasses no seqio class, so autograph would
+  # try to convert the method and fail on its properties).
+  encode = tf.autograph.experimental.do_not_convert(vocabulary.encode)
+  standard = tf.constant(encode(STANDARD_RESIDUES), tf.int32)
   pick = tf.random.stateless_uniform(shape, seed=seeds[2], minval=0,
                                      maxval=len(STANDARD_RESIDUES), dtype=tf.int32)
   random_ids = tf.cast(tf.gather(standard, pick), tokens.dtype)
