@@ -124,10 +124,7 @@ class BertConfig:
              "max_position_embeddings", "type_vocab_size", "attention_block_size"]
     if self.embedding_size is not None:
       sizes.append("embedding_size")
-    for name in sizes:
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+    layers.check_positive_ints(self, sizes)
     if self.hidden_size % self.num_heads:
       raise ValueError(f"BertConfig.hidden_size {self.hidden_size} is not divisible by "
                        f"num_heads {self.num_heads}")

@@ -135,11 +135,9 @@ class ElectraConfig:
   remat: bool = False
 
   def __post_init__(self):
-    for name in ("embedding_size", "generator_hidden_size", "generator_num_layers",
-                 "generator_num_heads", "generator_intermediate_size"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"ElectraConfig.{name} must be a positive integer, got {value!r}")
+    layers.check_positive_ints(self, (
+        "embedding_size", "generator_hidden_size", "generator_num_layers",
+        "generator_num_heads", "generator_intermediate_size"))
     if self.generator_hidden_size % self.generator_num_heads:
       raise ValueError(f"ElectraConfig.generator_hidden_size {self.generator_hidden_size} is "
                        f"not divisible by generator_num_heads {self.generator_num_heads}")

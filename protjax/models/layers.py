@@ -29,6 +29,16 @@ DType = jnp.dtype
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
+def check_positive_ints(config, names: Sequence[str]) -> None:
+  """ValueError naming `<ConfigClass>.<name>` for a size that is not a positive
+  integer (a bool is not one)."""
+  for name in names:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, "
+                       f"got {value!r}")
+
+
 def check_compute_options(dtype: str, attention_impl: str, implementations: Sequence[str]) -> None:
   """ValueError for a config's compute dtype or attention path that does not exist."""
   if attention_impl not in implementations:

@@ -110,11 +110,9 @@ class TransfoXLConfig:
 
   def __post_init__(self):
     layers.check_compute_options(self.dtype, self.attention_impl, attn_lib.IMPLEMENTATIONS)
-    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "head_size",
-                 "intermediate_size", "segment_length"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"TransfoXLConfig.{name} must be a positive integer, got {value!r}")
+    layers.check_positive_ints(self, (
+        "vocab_size", "hidden_size", "num_layers", "num_heads", "head_size",
+        "intermediate_size", "segment_length"))
     if isinstance(self.mem_len, bool) or not isinstance(self.mem_len, int) or self.mem_len < 0:
       raise ValueError(f"TransfoXLConfig.mem_len must be an integer >= 0, got {self.mem_len!r}")
     if self.hidden_size % 2:

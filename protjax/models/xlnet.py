@@ -150,11 +150,9 @@ class XLNetConfig:
     layers.check_compute_options(self.dtype, self.attention_impl, attn_lib.IMPLEMENTATIONS)
     if self.hidden_act not in bert.ACTIVATIONS:
       raise ValueError(f"hidden_act must be one of {bert.ACTIVATIONS}, got {self.hidden_act!r}")
-    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                 "target_length", "partial_prediction", "attention_block_size"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"XLNetConfig.{name} must be a positive integer, got {value!r}")
+    layers.check_positive_ints(self, (
+        "vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+        "target_length", "partial_prediction", "attention_block_size"))
     for name in ("mem_len", "clamp_len"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < -1:
