@@ -77,13 +77,15 @@ ALIASES = {
 _TPU_NAME = re.compile(r"^(v\d+[a-z]?):(\d+(x\d+){1,2})$")
 _CPU_NAME = re.compile(r"^cpu:(\d+)$")
 
-# Feature names of each feature converter (protjax.data.feature_converters);
-# every feature is int32 [batch, length].
+# Feature names of each feature converter (protjax.data.feature_converters;
+# "lm": ProtTXL's stream, protjax.data.stream); every feature is int32
+# [batch, length].
 FEATURES = {
     "encdec": ("encoder_input_tokens", "decoder_input_tokens",
                "decoder_target_tokens", "decoder_loss_weights"),
     "encoder": ("encoder_input_tokens", "encoder_target_tokens",
                 "encoder_loss_weights"),
+    "lm": ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"),
 }
 PACKED_FEATURES = {
     "encdec": ("encoder_segment_ids", "decoder_segment_ids",
@@ -249,18 +251,18 @@ def describe_mesh(mesh, topology: Topology) -> dict:
 def batch_shapes(data) -> dict[str, tuple[int, int]]:
   """Global batch shapes of a DataConfig's features (no data read): the
   feature converter of the task's objective (`{corpus}_{objective}`)."""
-  from protjax.data import numpy_pipeline  # pylint: disable=import-outside-toplevel
+  from protjax.data import objectives  # pylint: disable=import-outside-toplevel
   objective = data.task_name.rpartition("_")[2]
-  if data.feature_converter is None and objective not in numpy_pipeline.OBJECTIVES:
-    raise InputError(f"task {data.task_name!r}: protjax-plan reads the objective from "
-                     f"the task name's suffix ({', '.join(numpy_pipeline.OBJECTIVES)}); "
-                     "set DataConfig.feature_converter")
-  kind = data.feature_converter or numpy_pipeline.OBJECTIVES[objective][1]
+  try:
+    kind = data.feature_converter or objectives.make_objective(objective).converter
+  except ValueError:
+    raise InputError(f"task {data.task_name!r}: protjax-plan reads the objective from the "
+                     f"task name's suffix ({', '.join(objectives.OBJECTIVES)}); "
+                     "set DataConfig.feature_converter") from None
   if kind not in FEATURES:
     raise InputError(f"unknown feature converter {kind!r}; expected {tuple(FEATURES)}")
-  from protjax.data import preprocessors  # pylint: disable=import-outside-toplevel
-  length = preprocessors.single_length(data.sequence_length)
-  names = FEATURES[kind] + (PACKED_FEATURES[kind] if data.pack else ())
+  length = objectives.single_length(data.sequence_length)
+  names = FEATURES[kind] + (PACKED_FEATURES.get(kind, ()) if data.pack else ())
   return {k: (data.batch_size, length) for k in names}
 
 
@@ -391,7 +393,8 @@ def _finish(plan: dict, topology: Topology, compiled, oom: Optional[dict],
   """Memory verdict, FLOPs and the projections from the compiler's figures."""
   limit = topology.memory_per_device
   plan["memory_per_device"] = limit
-  argument_bytes = plan["params_bytes"] + plan["opt_state_bytes"] + plan["batch_bytes"]
+  argument_bytes = (plan["params_bytes"] + plan["opt_state_bytes"] + plan["batch_bytes"]
+                    + plan.get("model_state_bytes", 0))
   if compiled is not None:
     mem = _memory(compiled)
     if topology.platform == "tpu" and mem["peak"]:
@@ -470,6 +473,8 @@ def plan_training(topology: Topology) -> dict:
       "param_count": sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)),
       "params_bytes": params, "opt_state_bytes": opt,
       "batch_bytes": _bytes_per_device(batch),
+      # ProtTXL's memory of the previous segment (TrainState.model_state).
+      "model_state_bytes": _bytes_per_device(state.model_state),
       "compile_seconds": seconds, "load_average": list(os.getloadavg()),
       "model_flops_per_step": float(model.flops_per_example(shapes)) * global_batch,
   }
@@ -595,6 +600,8 @@ def format_plan(plan: dict) -> str:
       ("params / device", _gib(plan["params_bytes"])),
       ("opt state / device", _gib(plan["opt_state_bytes"])),
       ("batch / device", _gib(plan["batch_bytes"])),
+      *([("memory / device", _gib(plan["model_state_bytes"]))]
+        if plan.get("model_state_bytes") else []),
       ("temporaries / device", _gib(mem.get("temp"))),
       ("total / device", f"{_gib(mem.get('total'))} of {_gib(plan['memory_per_device'])}"),
       ("verdict", "FITS" if plan["fits"] else "DOES NOT FIT"),

@@ -425,11 +425,11 @@ def test_paper_runs_compose(run, length):
     assert gin.query_parameter("lamb.weight_decay") == 0.01
     assert gin.query_parameter("linear_warmup_decay.peak_rate") == 0.002
     assert isinstance(gin.get_configurable(optim.lamb)(), optim.Optimizer)
-    from protjax.data import numpy_pipeline  # pylint: disable=import-outside-toplevel
+    from protjax.data.objectives import make_objective  # pylint: disable=import-outside-toplevel
     from protjax.data.config import DataConfig  # pylint: disable=import-outside-toplevel
     # No mask_rate bound: the electra objective's own, 25%.
     assert gin.get_configurable(DataConfig)().mask_rate is None
-    assert numpy_pipeline.OBJECTIVES["electra"][0] == 0.25
+    assert make_objective("electra").mask_rate == 0.25
     gin.clear_config()
     with pytest.raises(ValueError, match="set to `%gin.REQUIRED` but not subsequently"):
       gin_setup.parse_gin([path], ["train.model_dir = '/tmp/x'", "train.init_from = '/y'"])

@@ -38,14 +38,14 @@ def clean_gin():
   gin.clear_config()
 
 
-def _plan(tmp_path, *flags, topology="cpu:8"):
+def _plan(tmp_path, *flags, topology="cpu:8", gin_file=DEMO):
   """Runs protjax-plan in this process: (exit code, JSON plan or None)."""
   import gin
   gin.clear_config()  # parsed and locked by an earlier plan of the test
   out = tmp_path / "plan.json"
   out.unlink(missing_ok=True)
   with pytest.raises(SystemExit) as exit_info:
-    plan.main([f"--gin_file={DEMO}", f"--topology={topology}", f"--json={out}", *flags])
+    plan.main([f"--gin_file={gin_file}", f"--topology={topology}", f"--json={out}", *flags])
   return exit_info.value.code, (json.loads(out.read_text()) if out.exists() else None)
 
 
@@ -139,8 +139,10 @@ def test_out_of_memory_message_gives_the_figures():
   assert plan.out_of_memory_figures("INVALID_ARGUMENT: something else") is None
 
 
-@pytest.mark.parametrize("task, pack", [("protjax_sample_t5", False),
-                                        ("protjax_sample_bert", False)])
+@pytest.mark.parametrize("task, pack", [
+    ("protjax_sample_t5", False), ("protjax_sample_bert", False),
+    ("protjax_sample_electra", False), ("protjax_sample_xlnet", False),
+    ("protjax_sample_txl", False)])
 def test_batch_shapes_are_the_pipelines(task, pack):
   """The plan's batch (no data read) has the pipeline's features and shapes."""
   data = DataConfig(task_name=task, sequence_length=64, batch_size=4, backend="numpy",
@@ -148,6 +150,19 @@ def test_batch_shapes_are_the_pipelines(task, pack):
   batch = next(iter(data.get_dataset("train")))
   assert {k: v.shape for k, v in batch.items()} == plan.batch_shapes(data)
   assert all(v.dtype == np.int32 for v in batch.values())
+
+
+@pytest.mark.parametrize("demo, family, memory", [
+    ("demo_protbert.gin", "protbert", False), ("demo_protalbert.gin", "protalbert", False),
+    ("demo_protelectra.gin", "protelectra", False), ("demo_protxlnet.gin", "protxlnet", False),
+    ("demo_prottxl.gin", "prottxl", True)])
+def test_every_familys_demo_plans_on_cpu8(demo, family, memory, tmp_path, clean_gin):
+  """Each family's demo step (ProtT5's above) compiles for cpu:8 from its
+  objective's batch shapes; ProtTXL's memory is planned as part of the state."""
+  code, got = _plan(tmp_path, gin_file=str(REPO / "gin_configs" / "runs" / demo))
+  assert code == 0 and got["fits"] and got["family"] == family
+  assert (got["model_state_bytes"] > 0) == memory
+  assert got["memory"]["argument"] >= got["params_bytes"] + got["model_state_bytes"]
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install -e '.[tpu]')")

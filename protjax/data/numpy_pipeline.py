@@ -24,16 +24,13 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from protjax.data.objectives import CONVERTERS, STANDARD_RESIDUES
+from protjax.data.objectives import (CONVERTERS, OBJECTIVE_NAMES, STANDARD_RESIDUES, Objective,
+                                     make_objective)
 from protjax.data.readers import is_validation, read_fasta, resolve_files
 from protjax.errors import InputError
-from protjax.vocab import ProtBertVocabulary, ProtT5Vocabulary, ResidueVocabulary
+from protjax.vocab import ResidueVocabulary
 
 _PURPOSE_ORDER, _PURPOSE_CROP, _PURPOSE_MASK = 0, 1, 2
-# The objective of each task suffix (as objectives.make_objective): default
-# mask rate and the feature converter a task gets.
-OBJECTIVES = {"t5": (0.15, "encdec"), "bert": (0.15, "encoder"), "electra": (0.25, "encoder"),
-              "xlnet": (0.0, "encoder")}
 
 
 def load_split(files: Sequence[str], split: str, fraction: float,
@@ -68,23 +65,14 @@ def record_order(n: int, seed: int, shard: int, shuffle: bool, repeat: bool) -> 
                 else range(n))
 
 
-def _framing(vocab: ResidueVocabulary, objective: str = "") -> tuple[list[int], list[int]]:
-  """(prefix, suffix) ids: `residues </s>` (ProtT5), `[CLS] residues [SEP]`
-  (ProtBert vocabulary), `residues [SEP] [CLS]` (XLNet, "xlnet")."""
-  if not isinstance(vocab, ProtBertVocabulary):
-    return [], [vocab.eos_id]
-  if objective == "xlnet":
-    return [], [vocab.eos_id, vocab.cls_id]
-  return [vocab.cls_id], [vocab.eos_id]
-
-
-def encode_batch(seqs: Sequence[str], length: int, vocab: ResidueVocabulary,
-                 rng: np.random.Generator, objective: str = "") -> np.ndarray:
+def encode_batch(seqs: Sequence[str], length: int, objective: Objective,
+                 rng: np.random.Generator) -> np.ndarray:
   """Random windows of the residues that fit, framed as the objective frames
-  them (`_framing`) and 0-padded: int32 `[b, length]`."""
+  them and 0-padded: int32 `[b, length]`."""
   tokens = np.zeros((len(seqs), length), np.int32)
-  prefix, suffix = _framing(vocab, objective)
-  max_res = length - len(prefix) - len(suffix)
+  vocab = objective.vocabulary
+  prefix, suffix = list(objective.prefix_ids), list(objective.suffix_ids)
+  max_res = objective.max_residues(length)
   starts = rng.random(len(seqs))
   for row, seq in enumerate(seqs):
     slack = max(len(seq) - max_res, 0)
@@ -105,14 +93,14 @@ def _bert_replace(tokens: np.ndarray, selected: np.ndarray, vocab: ResidueVocabu
   return np.where(selected, replaced, tokens).astype(np.int32)
 
 
-def mask_and_convert(tokens: np.ndarray, vocab: ResidueVocabulary, rate: float,
-                     rng: np.random.Generator, kind: str,
-                     objective: str = "t5") -> dict[str, np.ndarray]:
+def mask_and_convert(tokens: np.ndarray, objective: Objective, rng: np.random.Generator,
+                     kind: str) -> dict[str, np.ndarray]:
   """The objective's masking of `[b, l]` ids, then the seqio feature names of `kind`."""
+  vocab = objective.vocabulary
   ids = vocab.residue_ids
   residue = (tokens >= ids[0]) & (tokens <= ids[-1])
-  selected = (rng.random(tokens.shape) < rate) & residue
-  if objective == "t5":
+  selected = (rng.random(tokens.shape) < objective.mask_rate) & residue
+  if objective.name == "t5":
     inputs = np.where(selected, np.int32(vocab.mask_id), tokens)
   else:
     inputs = _bert_replace(tokens, selected, vocab, rng)
@@ -143,17 +131,17 @@ def get_dataset(task_name: str, *, split: str, sequence_length: int, batch_size:
   """
   del shuffle_buffer_size
   corpus, _, objective = task_name.rpartition("_")
-  if objective not in OBJECTIVES or not corpus:
+  if objective not in OBJECTIVE_NAMES or not corpus:
     raise InputError(f"the numpy data backend runs a '*_t5', '*_bert', '*_electra' or "
                      f"'*_xlnet' task, not {task_name!r}")
   if pack or length_policy != "crop":
     raise InputError("the numpy data backend does not pack or drop; use DataConfig.backend = "
                      "'seqio' for pack=True or length_policy='drop'")
-  default_rate, default_kind = OBJECTIVES[objective]
-  kind = feature_converter or default_kind
+  rule = make_objective(objective, mask_rate, map_rare_residues=map_rare_residues)
+  kind = feature_converter or rule.converter
   if kind not in CONVERTERS:
     raise InputError(f"unknown feature converter {kind!r}; expected {CONVERTERS}")
-  shortest = 2 if objective == "t5" else 3  # one residue and its framing
+  shortest = rule.num_special + 1  # one residue and its framing
   if not isinstance(sequence_length, int) or sequence_length < shortest:
     raise InputError(f"sequence_length must be an int >= {shortest}, got {sequence_length!r}")
   if batch_size < 1:
@@ -168,9 +156,6 @@ def get_dataset(task_name: str, *, split: str, sequence_length: int, batch_size:
   what = f"task {task_name!r} split {split!r} with batch_size {batch_size}"
   if len(seqs) < batch_size and not (repeat and seqs):
     raise InputError(f"{what} gives not a single complete batch ({len(seqs)} records)")
-  vocab_class = ProtT5Vocabulary if objective == "t5" else ProtBertVocabulary
-  vocab = vocab_class(map_rare_residues=map_rare_residues)
-  rate = default_rate if mask_rate is None else mask_rate
   shuffle = (split == "train") if shuffle is None else shuffle
   order = record_order(len(seqs), seed, shard, shuffle, repeat)
   # Skip whole batches of record indices (no tokenising) to reach start_step.
@@ -179,7 +164,6 @@ def get_dataset(task_name: str, *, split: str, sequence_length: int, batch_size:
     rows = list(itertools.islice(order, batch_size))
     if len(rows) < batch_size:
       return
-    tokens = encode_batch([seqs[i] for i in rows], sequence_length, vocab,
-                          _rng(seed, shard, step, _PURPOSE_CROP), objective)
-    yield mask_and_convert(tokens, vocab, rate, _rng(seed, shard, step, _PURPOSE_MASK), kind,
-                           objective)
+    tokens = encode_batch([seqs[i] for i in rows], sequence_length, rule,
+                          _rng(seed, shard, step, _PURPOSE_CROP))
+    yield mask_and_convert(tokens, rule, _rng(seed, shard, step, _PURPOSE_MASK), kind)

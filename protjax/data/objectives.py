@@ -36,6 +36,8 @@ class Objective:
     replace_with_mask / replace_with_random: BERT's 80/10 split of the selected
       positions (the rest keep their residue). Unused by "t5", which always
       replaces with the sentinel.
+    converter: the feature converter its tasks get unless a run names one
+      ("encdec", "encoder"; "lm" for ProtTXL's stream, `stream`).
   """
   name: str
   vocabulary: ResidueVocabulary
@@ -44,6 +46,7 @@ class Objective:
   suffix_ids: tuple[int, ...] = ()
   replace_with_mask: float = 0.8
   replace_with_random: float = 0.1
+  converter: str = "encoder"
 
   @property
   def num_special(self) -> int:
@@ -67,26 +70,33 @@ class Objective:
                      replace_with_random=self.replace_with_random)
 
 
+# Each objective's vocabulary, default mask rate, the vocabulary's ids that
+# frame a protein (before, after) and its tasks' feature converter. XLNet
+# masks nothing here (its permutation LM is drawn on the device,
+# `models/xlnet.py`) and ends a protein with `[SEP] [CLS]`; ProtTXL's stream
+# (`stream`) ends each protein with `[SEP]` and predicts the next token.
+OBJECTIVES = {
+    "t5": (ProtT5Vocabulary, 0.15, (), ("eos_id",), "encdec"),
+    "bert": (ProtBertVocabulary, 0.15, ("cls_id",), ("eos_id",), "encoder"),
+    "electra": (ProtBertVocabulary, 0.25, ("cls_id",), ("eos_id",), "encoder"),
+    "xlnet": (ProtBertVocabulary, 0.0, (), ("eos_id", "cls_id"), "encoder"),
+    "txl": (ProtBertVocabulary, 0.0, (), ("eos_id",), "lm"),
+}
+# The objectives of example-at-a-time tasks (every pipeline, seqio too);
+# "txl" is a stream's (`stream`).
+OBJECTIVE_NAMES = ("t5", "bert", "electra", "xlnet")
+
+
 def make_objective(name: str, mask_rate: Optional[float] = None,
                    map_rare_residues: bool = True) -> Objective:
-  """The objective `name` in {"t5", "bert", "electra", "xlnet"} with its paper defaults."""
-  if name == "t5":
-    v = ProtT5Vocabulary(map_rare_residues=map_rare_residues)
-    return Objective("t5", v, 0.15 if mask_rate is None else mask_rate,
-                     suffix_ids=(v.eos_id,))
-  if name in ("bert", "electra"):
-    v = ProtBertVocabulary(map_rare_residues=map_rare_residues)
-    default = 0.15 if name == "bert" else 0.25
-    return Objective(name, v, default if mask_rate is None else mask_rate,
-                     prefix_ids=(v.cls_id,), suffix_ids=(v.eos_id,))
-  if name == "xlnet":
-    v = ProtBertVocabulary(map_rare_residues=map_rare_residues)
-    return Objective(name, v, 0.0 if mask_rate is None else mask_rate,
-                     suffix_ids=(v.eos_id, v.cls_id))
-  raise ValueError(f"unknown objective {name!r}; expected t5, bert, electra or xlnet")
-
-
-OBJECTIVE_NAMES = ("t5", "bert", "electra", "xlnet")
+  """The objective `name` (a key of `OBJECTIVES`) with its paper defaults."""
+  if name not in OBJECTIVES:
+    raise ValueError(f"unknown objective {name!r}; expected one of {tuple(OBJECTIVES)}")
+  vocab_class, default_rate, prefix, suffix, converter = OBJECTIVES[name]
+  v = vocab_class(map_rare_residues=map_rare_residues)
+  return Objective(name, v, default_rate if mask_rate is None else mask_rate,
+                   prefix_ids=tuple(getattr(v, t) for t in prefix),
+                   suffix_ids=tuple(getattr(v, t) for t in suffix), converter=converter)
 
 
 def single_length(sequence_length: Union[int, Mapping[str, int]]) -> int:

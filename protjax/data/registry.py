@@ -55,7 +55,7 @@ class TaskSpec:
 
   @property
   def default_converter(self) -> str:
-    return "encdec" if self.objective.name == "t5" else "encoder"
+    return self.objective.converter
 
   def patterns(self) -> list[str]:
     """The task's own files (the callable's answer, if it is one)."""

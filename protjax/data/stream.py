@@ -29,8 +29,8 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from protjax.data.objectives import make_objective
 from protjax.errors import InputError
-from protjax.vocab import ProtBertVocabulary
 
 OBJECTIVES = ("txl",)
 _PURPOSE_ORDER = 0
@@ -133,8 +133,9 @@ def get_dataset(task_name: str, *, split: str, sequence_length: int, batch_size:
     raise InputError(f"batch_size must be positive, got {batch_size}")
   shard, shards = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
   seqs = load_split(_files(corpus, source_files), split, validation_fraction, shard, shards)
-  vocab = ProtBertVocabulary(map_rare_residues=map_rare_residues)
-  proteins = [np.asarray(list(vocab.encode(s)) + [vocab.eos_id], np.int32) for s in seqs]
+  rule = make_objective(objective, map_rare_residues=map_rare_residues)
+  proteins = [np.asarray(list(rule.vocabulary.encode(s)) + list(rule.suffix_ids), np.int32)
+              for s in seqs]
   shuffle = (split == "train") if shuffle is None else shuffle
   stream = Stream(proteins, batch_size, sequence_length, seed, shard, shuffle,
                   f"task {task_name!r} split {split!r}")
