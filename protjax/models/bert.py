@@ -125,11 +125,8 @@ class BertConfig:
     if self.embedding_size is not None:
       sizes.append("embedding_size")
     layers.check_positive_ints(self, sizes)
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f"BertConfig.hidden_size {self.hidden_size} is not divisible by "
-                       f"num_heads {self.num_heads}")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"BertConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+    layers.check_divisible(self, "hidden_size", "num_heads")
+    layers.check_rates(self, ("dropout_rate",))
 
   @property
   def compute_dtype(self) -> jnp.dtype:

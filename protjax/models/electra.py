@@ -138,9 +138,7 @@ class ElectraConfig:
     layers.check_positive_ints(self, (
         "embedding_size", "generator_hidden_size", "generator_num_layers",
         "generator_num_heads", "generator_intermediate_size"))
-    if self.generator_hidden_size % self.generator_num_heads:
-      raise ValueError(f"ElectraConfig.generator_hidden_size {self.generator_hidden_size} is "
-                       f"not divisible by generator_num_heads {self.generator_num_heads}")
+    layers.check_divisible(self, "generator_hidden_size", "generator_num_heads")
     weight = self.discriminator_weight
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
       raise ValueError(f"ElectraConfig.discriminator_weight must be positive, got {weight!r}")

@@ -39,6 +39,23 @@ def check_positive_ints(config, names: Sequence[str]) -> None:
                        f"got {value!r}")
 
 
+def check_divisible(config, name: str, by: str) -> None:
+  """ValueError '<ConfigClass>.<name> N is not divisible by <by> M' (heads
+  split the hidden size evenly)."""
+  value, divisor = getattr(config, name), getattr(config, by)
+  if value % divisor:
+    raise ValueError(f"{type(config).__name__}.{name} {value} is not divisible by "
+                     f"{by} {divisor}")
+
+
+def check_rates(config, names: Sequence[str]) -> None:
+  """ValueError naming `<ConfigClass>.<name>` for a dropout rate outside [0, 1)."""
+  for name in names:
+    value = getattr(config, name)
+    if not 0.0 <= value < 1.0:
+      raise ValueError(f"{type(config).__name__}.{name} must be in [0, 1), got {value}")
+
+
 def check_compute_options(dtype: str, attention_impl: str, implementations: Sequence[str]) -> None:
   """ValueError for a config's compute dtype or attention path that does not exist."""
   if attention_impl not in implementations:

@@ -100,10 +100,10 @@ class T5Config:
 
   def __post_init__(self):
     layers.check_compute_options(self.dtype, self.attention_impl, attn_lib.IMPLEMENTATIONS)
-    for name in ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv",
-                 "relative_attention_num_buckets", "attention_block_size"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+    layers.check_positive_ints(self, ("vocab_size", "d_model", "d_ff", "num_heads", "d_kv",
+                                      "relative_attention_num_buckets",
+                                      "attention_block_size"))
+    layers.check_rates(self, ("dropout_rate",))
 
   @property
   def compute_dtype(self) -> jnp.dtype:

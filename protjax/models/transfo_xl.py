@@ -118,9 +118,7 @@ class TransfoXLConfig:
     if self.hidden_size % 2:
       raise ValueError(f"TransfoXLConfig.hidden_size must be even (sinusoids), got "
                        f"{self.hidden_size}")
-    for name in ("dropout_rate", "attention_dropout_rate"):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f"TransfoXLConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+    layers.check_rates(self, ("dropout_rate", "attention_dropout_rate"))
 
   @property
   def compute_dtype(self) -> jnp.dtype:

@@ -157,14 +157,11 @@ class XLNetConfig:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < -1:
         raise ValueError(f"XLNetConfig.{name} must be an integer >= -1, got {value!r}")
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f"XLNetConfig.hidden_size {self.hidden_size} is not divisible by "
-                       f"num_heads {self.num_heads}")
+    layers.check_divisible(self, "hidden_size", "num_heads")
     if self.hidden_size % 2:
       raise ValueError(f"XLNetConfig.hidden_size must be even (sinusoids), got "
                        f"{self.hidden_size}")
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"XLNetConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+    layers.check_rates(self, ("dropout_rate",))
 
   @property
   def compute_dtype(self) -> jnp.dtype:
