@@ -54,6 +54,17 @@ def set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
   tree[path[-1]] = value
 
 
+def validated_config(config_class, fields: Mapping[str, Any], *, path: Optional[str] = None):
+  """`config_class(**fields)`: a config.json's fields through the config's own
+  checks, whose ValueError becomes an InputError naming the file."""
+  try:
+    return config_class(**fields)
+  except ValueError as e:
+    if isinstance(e, InputError):
+      raise
+    raise InputError(f"invalid config: {e}", path=path) from None
+
+
 def read_json(path: str) -> dict:
   """A JSON object from `path`; InputError naming the file otherwise."""
   if not files.isfile(path):  # local, or gs:// (a training run in a bucket)

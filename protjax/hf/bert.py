@@ -49,7 +49,8 @@ from typing import Any, Iterator, Mapping, Optional
 import numpy as np
 
 from protjax.errors import InputError
-from protjax.hf import get_path, set_path  # noqa: F401  (protjax.hf.electra uses them from here)
+# get_path/set_path: protjax.hf.electra uses them from here.
+from protjax.hf import get_path, set_path, validated_config  # noqa: F401
 
 MODEL_TYPES = ("bert", "albert")
 ENCODER = "encoder"
@@ -532,12 +533,7 @@ def config_fields_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None
 def config_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None):
   """The protjax `BertConfig` of a Hugging Face BERT / ALBERT config.json dict (validated)."""
   from protjax.models.bert import BertConfig  # deferred: the model pulls in jax/flax
-  try:
-    return BertConfig(**config_fields_from_hf(hf, path=path))
-  except ValueError as e:
-    if isinstance(e, InputError):
-      raise
-    raise InputError(f"invalid config: {e}", path=path) from None
+  return validated_config(BertConfig, config_fields_from_hf(hf, path=path), path=path)
 
 
 def family_of(hf: Mapping[str, Any]) -> str:

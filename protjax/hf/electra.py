@@ -35,6 +35,7 @@ import numpy as np
 
 from protjax.errors import InputError
 from protjax.hf import bert as hf_bert
+from protjax.hf import validated_config
 
 MODEL_TYPES = ("electra",)
 ENCODER, DISCRIMINATOR, GENERATOR = "encoder", "discriminator", "generator"
@@ -314,12 +315,7 @@ def config_fields_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None
 def config_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None):
   """The protjax `ElectraConfig` of a Hugging Face ELECTRA config.json dict (validated)."""
   from protjax.models.electra import ElectraConfig  # deferred: the model pulls in jax/flax
-  try:
-    return ElectraConfig(**config_fields_from_hf(hf, path=path))
-  except ValueError as e:
-    if isinstance(e, InputError):
-      raise
-    raise InputError(f"invalid config: {e}", path=path) from None
+  return validated_config(ElectraConfig, config_fields_from_hf(hf, path=path), path=path)
 
 
 def family_of(hf: Mapping[str, Any]) -> str:

@@ -39,7 +39,7 @@ from typing import Any, Iterator, Mapping, Optional
 import numpy as np
 
 from protjax.errors import InputError
-from protjax.hf import get_path, set_path
+from protjax.hf import get_path, set_path, validated_config
 
 MODEL_TYPES = ("t5",)
 ENCODER = "encoder"
@@ -336,7 +336,7 @@ def family_of(hf: Mapping[str, Any]) -> str:
 def config_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None):
   """The protjax `T5Config` of a Hugging Face T5 config.json dict (validated)."""
   from protjax.models.t5 import T5Config  # deferred: the model pulls in jax/flax
-  return T5Config(**config_fields_from_hf(hf, path=path))
+  return validated_config(T5Config, config_fields_from_hf(hf, path=path), path=path)
 
 
 def kind_of(hf: Mapping[str, Any], state_keys, *, path: Optional[str] = None) -> str:

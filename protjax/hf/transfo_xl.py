@@ -34,6 +34,7 @@ import numpy as np
 
 from protjax.errors import InputError
 from protjax.hf import bert as hf_bert
+from protjax.hf import validated_config
 
 MODEL_TYPES = ("transfo-xl",)
 ENCODER = "encoder"
@@ -253,12 +254,7 @@ def config_fields_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None
 def config_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None):
   """The protjax `TransfoXLConfig` of a Transformer-XL config.json dict (validated)."""
   from protjax.models.transfo_xl import TransfoXLConfig  # deferred: jax/flax
-  try:
-    return TransfoXLConfig(**config_fields_from_hf(hf, path=path))
-  except ValueError as e:
-    if isinstance(e, InputError):
-      raise
-    raise InputError(f"invalid config: {e}", path=path) from None
+  return validated_config(TransfoXLConfig, config_fields_from_hf(hf, path=path), path=path)
 
 
 def family_of(hf: Mapping[str, Any]) -> str:

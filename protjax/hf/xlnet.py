@@ -35,6 +35,7 @@ import numpy as np
 
 from protjax.errors import InputError
 from protjax.hf import bert as hf_bert
+from protjax.hf import validated_config
 
 MODEL_TYPES = ("xlnet",)
 ENCODER, LM_HEAD = "encoder", "lm_head"
@@ -235,12 +236,7 @@ def config_fields_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None
 def config_from_hf(hf: Mapping[str, Any], *, path: Optional[str] = None):
   """The protjax `XLNetConfig` of a Hugging Face XLNet config.json dict (validated)."""
   from protjax.models.xlnet import XLNetConfig  # deferred: the model pulls in jax/flax
-  try:
-    return XLNetConfig(**config_fields_from_hf(hf, path=path))
-  except ValueError as e:
-    if isinstance(e, InputError):
-      raise
-    raise InputError(f"invalid config: {e}", path=path) from None
+  return validated_config(XLNetConfig, config_fields_from_hf(hf, path=path), path=path)
 
 
 def family_of(hf: Mapping[str, Any]) -> str:
