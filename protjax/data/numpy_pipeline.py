@@ -53,6 +53,15 @@ def load_split(files: Sequence[str], split: str, fraction: float,
   return seqs
 
 
+def check_batch_shape(sequence_length: Any, batch_size: int, shortest: int) -> None:
+  """InputError unless `sequence_length` is an int >= `shortest` and
+  `batch_size` is positive (the NumPy and stream pipelines' rows)."""
+  if not isinstance(sequence_length, int) or sequence_length < shortest:
+    raise InputError(f"sequence_length must be an int >= {shortest}, got {sequence_length!r}")
+  if batch_size < 1:
+    raise InputError(f"batch_size must be positive, got {batch_size}")
+
+
 def _rng(seed: int, shard: int, step: int, purpose: int) -> np.random.Generator:
   return np.random.default_rng([seed, shard, step, purpose])
 
@@ -141,11 +150,7 @@ def get_dataset(task_name: str, *, split: str, sequence_length: int, batch_size:
   kind = feature_converter or rule.converter
   if kind not in CONVERTERS:
     raise InputError(f"unknown feature converter {kind!r}; expected {CONVERTERS}")
-  shortest = rule.num_special + 1  # one residue and its framing
-  if not isinstance(sequence_length, int) or sequence_length < shortest:
-    raise InputError(f"sequence_length must be an int >= {shortest}, got {sequence_length!r}")
-  if batch_size < 1:
-    raise InputError(f"batch_size must be positive, got {batch_size}")
+  check_batch_shape(sequence_length, batch_size, rule.num_special + 1)  # a residue, its framing
   if not source_files:
     raise InputError(f"the numpy data backend needs DataConfig.source_files (task {task_name!r})")
   if isinstance(source_files, str):

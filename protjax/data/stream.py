@@ -120,17 +120,14 @@ def get_dataset(task_name: str, *, split: str, sequence_length: int, batch_size:
   permutations). Without `repeat`, one epoch.
   """
   del shuffle_buffer_size
-  from protjax.data.numpy_pipeline import load_split  # pylint: disable=import-outside-toplevel
+  from protjax.data.numpy_pipeline import check_batch_shape, load_split  # pylint: disable=import-outside-toplevel
   corpus, _, objective = task_name.rpartition("_")
   if objective not in OBJECTIVES or not corpus:
     raise InputError(f"not a stream task: {task_name!r} (expected '<corpus>_txl')")
   if pack or length_policy != "crop" or mask_rate is not None or feature_converter:
     raise InputError(f"task {task_name!r} reads one stream of proteins: DataConfig.pack, "
                      "length_policy, mask_rate and feature_converter do not apply")
-  if not isinstance(sequence_length, int) or sequence_length < 1:
-    raise InputError(f"sequence_length must be a positive int, got {sequence_length!r}")
-  if batch_size < 1:
-    raise InputError(f"batch_size must be positive, got {batch_size}")
+  check_batch_shape(sequence_length, batch_size, 1)
   shard, shards = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
   seqs = load_split(_files(corpus, source_files), split, validation_fraction, shard, shards)
   rule = make_objective(objective, map_rare_residues=map_rare_residues)
