@@ -8,8 +8,11 @@ Every pretraining run config in `gin_configs/runs` (ProtT5, ProtBert,
 ProtAlbert and any family's run as it lands) goes through `protjax-plan`,
 one process per run: the trainer's own step as the gin file configures it,
 compiled by XLA:TPU for the slice named in `SLICES` (the paper's: v3-1024
-or v3-512; a run file not listed there is planned on the `TPU v3-N` its
-header names). Also ProtT5-XL on a modern slice (`MODERN`: a v5p-128).
+or v3-512; ProtElectra's, ProtTXL's and ProtXLNet's, which no source gives,
+on ProtBert's slice for the same corpus, with `STAND_INS` for the batch and
+steps their gins require; a run file not listed is planned on the
+`TPU v3-N` its header names). Also ProtT5-XL on a modern slice (`MODERN`:
+a v5p-128).
 
 For each: mesh, micro-batches, remat, bytes per device (parameters +
 optimiser state from the shard shapes, the compiler's temporaries and
@@ -47,6 +50,28 @@ SLICES = {
     "protbert_bfd": "v3-1024", "protbert_bfd_2048": "v3-1024",
     "protbert_u100": "v3-512", "protbert_u100_2048": "v3-512",
     "protalbert_u100": "v3-512", "protalbert_u100_2048": "v3-512",
+}
+# No source gives the slices of the other families' runs, nor ProtElectra's
+# batch and steps or ProtXLNet's steps (their gins require them). They are
+# planned on the slice of ProtBert's run on the same corpus, with ProtBert's
+# figures for what their gins leave required (STAND_INS, shown in the
+# bindings column): what such a run would need, not the paper's own run.
+SLICES.update({"protelectra_bfd": "v3-1024", "protelectra_bfd_1024": "v3-1024",
+               "prottxl_bfd": "v3-1024", "prottxl_u100": "v3-512",
+               "protxlnet_u100": "v3-512"})
+_PROTBERT_BFD_SCHEDULE = ("--gin.linear_warmup_decay.warmup_steps=140000",
+                          "--gin.linear_warmup_decay.total_steps=1000000")
+STAND_INS = {
+    # protbert_bfd.gin's 32k rows of 512; phase 2 the 12.6M tokens a step of
+    # protbert_bfd_2048.gin, at 1024.
+    "protelectra_bfd": ("--gin.DataConfig.batch_size=32768", "--gin.train.train_steps=800000",
+                        *_PROTBERT_BFD_SCHEDULE),
+    "protelectra_bfd_1024": ("--gin.DataConfig.batch_size=12288",
+                             "--gin.train.train_steps=1000000", *_PROTBERT_BFD_SCHEDULE),
+    # protbert_u100.gin's schedule.
+    "protxlnet_u100": ("--gin.train.train_steps=300000",
+                       "--gin.linear_warmup_decay.warmup_steps=40000",
+                       "--gin.linear_warmup_decay.total_steps=400000"),
 }
 # ProtT5-XL (stage 1) on a slice of today: (run gin, slice).
 MODERN = (("prott5_xl_bfd", "v5p-128"),)
@@ -199,7 +224,8 @@ def render(entries: list[dict]) -> str:
   """Markdown: each run as configured now, then every plan kept."""
   current = {}
   for e in entries:
-    if not e["bindings"] and e.get("gin_digest") == gin_digest(e["run"]):
+    if (e["bindings"] == list(STAND_INS.get(e["run"], ()))
+        and e.get("gin_digest") == gin_digest(e["run"])):
       current[(e["run"], e["slice"])] = e
   lines = [
       "# The paper's pretraining runs, planned by protjax-plan (XLA:TPU, compiled on a CPU)",
@@ -215,6 +241,10 @@ def render(entries: list[dict]) -> str:
       "(`cost_analysis()['optimal_seconds']`), not a measurement; MFU = the",
       "family's model FLOPs per step / (step time x peak x devices). Compile time",
       "is on a shared 2-core CPU, with the 1-minute load average beside it.",
+      "ProtElectra, ProtTXL and ProtXLNet: no source gives their slices, nor",
+      "ProtElectra's batch and steps or ProtXLNet's steps; they are planned on",
+      "ProtBert's slice for the same corpus with ProtBert's figures (the",
+      "bindings column), to show what such a run needs.",
       "",
       "## Each run as its gin file configures it now",
       "",
@@ -259,12 +289,13 @@ def main(argv=None) -> int:
     if slice_name is None:
       print(f"{run}: no slice known (add it to SLICES); not planned", flush=True)
       continue
-    k = key(run, slice_name, bindings, gin_digest(run))
+    run_bindings = [*STAND_INS.get(run, ()), *bindings]
+    k = key(run, slice_name, run_bindings, gin_digest(run))
     if k in kept and not args.force:
       print(f"{k}: kept from {kept[k]['date']} (--force to plan again)", flush=True)
       continue
     print(f"== {k}", flush=True)
-    kept[k] = plan_one(run, slice_name, bindings, int(args.max_rss_gib * 2**30))
+    kept[k] = plan_one(run, slice_name, run_bindings, int(args.max_rss_gib * 2**30))
     entries = list(kept.values())
     files.write_text_atomic(out, json.dumps(entries, indent=1) + "\n")
     files.write_text_atomic(out.with_suffix(".md"), render(entries))
