@@ -48,15 +48,15 @@ def test_tpu_vm_pod_setup_installs_the_tpu_extra_first():
 
 def test_gpu_multinode_gives_each_host_its_process_id():
   lines = _dry_run("gpu_multinode.sh", "gpu0 gpu1 gpu2", *TRAIN_FLAGS,
-                   REPO_DIR="/shared/protjax", PORT="1234").splitlines()
+                   REPO_DIR="/nfs/protjax", PORT="1234").splitlines()
   assert len(lines) == 3
   for i, line in enumerate(lines):
     ssh, host, remote = line.split(" ", 2)
     assert (ssh, host) == ("ssh", f"gpu{i}")
     # ssh hands the rest to the remote shell as one command line.
-    assert remote.startswith("cd /shared/protjax && nohup ")
+    assert remote.startswith("cd /nfs/protjax && nohup ")
     assert remote.endswith(f" > train.{i}.log 2>&1 &")
-    train = remote[len("cd /shared/protjax && nohup "):-len(f" > train.{i}.log 2>&1 &")]
+    train = remote[len("cd /nfs/protjax && nohup "):-len(f" > train.{i}.log 2>&1 &")]
     assert shlex.split(train) == [
         "python", "-m", "protjax.train", "--coordinator_address=gpu0:1234",
         "--num_processes=3", f"--process_id={i}", *TRAIN_FLAGS]
