@@ -53,10 +53,6 @@ class TaskSpec:
   check_duplicates: bool = True
   length_policy: str = "crop"
 
-  @property
-  def default_converter(self) -> str:
-    return self.objective.converter
-
   def patterns(self) -> list[str]:
     """The task's own files (the callable's answer, if it is one)."""
     files = self.files() if callable(self.files) else self.files
@@ -85,7 +81,7 @@ class TaskSpec:
       objective = make_objective(objective.name,
                                  objective.mask_rate if mask_rate is None else mask_rate,
                                  map_rare_residues=map_rare_residues)
-    kind = feature_converter or self.default_converter
+    kind = feature_converter or objective.converter
     if kind not in CONVERTERS:
       raise InputError(f"unknown feature converter {kind!r}; expected {CONVERTERS}")
     if batch_size < 1:
