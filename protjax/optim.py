@@ -126,9 +126,23 @@ def adafactor(learning_rate: Optional[Schedule] = None, *,
 def lamb(learning_rate: Schedule, *, weight_decay: float = 0.01,
          b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
          clip_norm: float = 1.0) -> Optimizer:
-  """LAMB (ProtBert, ProtAlbert, ProtElectra, ProtTXL), decay on matrices."""
-  tx = optax.lamb(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
-                  weight_decay=weight_decay, mask=decay_mask)
+  """LAMB (ProtBert, ProtAlbert, ProtElectra, ProtTXL) as BERT's and ALBERT's
+  TPU code runs it: weight decay and the layer-wise trust ratio on matrices
+  only (`decay_mask`); biases and layer-norm parameters take Adam's step
+  times the learning rate (their `exclude_from_layer_adaptation` defaults
+  to `exclude_from_weight_decay`).
+
+  Why it matters: under the trust ratio a parameter moves by about the
+  learning rate times its own norm, so a bias that starts at 0 grows by a
+  factor of (1 + lr) a step. ELECTRA's discriminator could then not learn
+  the base rate of replaced positions through its output bias and bent its
+  whole encoder to express it (bench/RESULTS.md, ProtElectra).
+  """
+  tx = optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.add_decayed_weights(weight_decay, mask=decay_mask),
+      optax.masked(optax.scale_by_trust_ratio(), decay_mask),
+      optax.scale_by_learning_rate(learning_rate))
   return Optimizer(with_clipping(tx, clip_norm), learning_rate)
 
 
