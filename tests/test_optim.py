@@ -66,7 +66,7 @@ def test_weight_decay_mask_skips_vectors():
 def test_lamb_trust_ratio_on_matrices_only():
   # BERT's and ALBERT's LAMB: a matrix moves by lr x its norm; a bias by
   # Adam's step x lr, however small it is (optax.lamb would move this one by
-  # lr x 0.002, and a zero-initialised bias would grow only by (1 + lr) a step).
+  # lr x 0.001, and a zero-initialised bias would grow only by (1 + lr) a step).
   params = {"kernel": jnp.full((4, 4), 2.0), "bias": jnp.full((4,), 1e-3)}
   opt = optim.lamb(optim.constant_schedule(0.1), weight_decay=0.0, clip_norm=0.0)
   grads = {"kernel": jnp.full((4, 4), 1e-3), "bias": jnp.ones((4,))}
