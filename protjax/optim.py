@@ -134,9 +134,9 @@ def lamb(learning_rate: Schedule, *, weight_decay: float = 0.01,
 
   Why it matters: under the trust ratio a parameter moves by about the
   learning rate times its own norm, so a bias that starts at 0 grows by a
-  factor of (1 + lr) a step. ELECTRA's discriminator could then not learn
-  the base rate of replaced positions through its output bias and bent its
-  whole encoder to express it (bench/RESULTS.md, ProtElectra).
+  factor of (1 + lr) a step. With it, ProtElectra's discriminator needed
+  about 300 more steps to reach the base rate of replaced positions
+  (bench/RESULTS.md, ProtElectra).
   """
   tx = optax.chain(
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
