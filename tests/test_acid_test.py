@@ -356,8 +356,9 @@ def test_default_run_is_the_familys_model_on_a_schedule_ending_at_its_last_step(
   from protjax import optim
   from protjax.models import registry
   acid = _load_script()
-  # ProtTXL's run takes 6,000 steps: its step costs ~1.8x the others' (its gin).
-  default_steps = 6000 if family == "prottxl" else 11000
+  # ProtTXL's and ProtXLNet's runs take 6,000 steps: their steps cost ~1.8x the
+  # others' (their gins).
+  default_steps = {"prottxl": 6000, "protxlnet": 6000}.get(family, 11000)
   for extra, steps in (([], default_steps), (["--gin", "ACID_STEPS = 3000"], 3000)):
     args = acid.parse_args(["--family", family] + extra)
     assert args.name == REPORTS[family] and args.work_dir == f"/tmp/protjax_{args.name}"
