@@ -190,6 +190,17 @@ def pretraining_files(data_dir: str) -> list[str]:
   return found
 
 
+def missing_data(data_dir: str) -> list[str]:
+  """The files under --data that the stages read and that are not there."""
+  need = [os.path.join(SS, n) for n in ("CB513.csv", "TS115.csv", "netsurfp2_train.csv.gz")]
+  need += [os.path.join(LOC, n) for n in ("deeploc_val_membrane.fasta",
+                                          "deeploc_train_10class_labels.csv",
+                                          "deeploc_train_10class.fasta")]
+  missing = [n for n in ["pretraining"] + need
+             if not os.path.exists(os.path.join(data_dir, n))]
+  return missing
+
+
 def _parse_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   import gin
   from protjax import gin_setup
@@ -1029,6 +1040,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(argv)
   args.data = os.path.abspath(args.data)
+  missing = missing_data(args.data)
+  if missing:  # before anything is written: the work dir's caches stay as they were
+    print(f"acid_test: --data {args.data} lacks {', '.join(missing)}", file=sys.stderr)
+    return 2
   work = os.path.abspath(args.work_dir)
   if args.fresh and os.path.exists(work):
     shutil.rmtree(work)

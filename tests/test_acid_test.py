@@ -387,3 +387,21 @@ def test_a_model_gin_of_another_family_is_refused(tmp_path):
   argv[argv.index("--model_gin") + 1] = TINY["prott5"]
   with pytest.raises(SystemExit, match="binds no BertConfig: not a protbert model"):
     acid.main(argv)
+
+
+def test_a_data_dir_without_the_probe_sets_is_one_line_and_writes_nothing(tmp_path):
+  """As a user runs it: --data pointing at a corpus without the probe sets
+  stops before any stage, naming what is missing; no work dir is made."""
+  import subprocess
+  import sys
+  (tmp_path / "data" / "pretraining").mkdir(parents=True)
+  work = tmp_path / "work"
+  proc = subprocess.run([sys.executable, str(REPO / "bench" / "acid_test.py"),
+                         "--data", str(tmp_path / "data"), "--work_dir", str(work),
+                         "--out", str(tmp_path / "out")],
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "secondary_structure/CB513.csv" in lines[0], proc.stderr
+  assert "pretraining," not in lines[0]  # it is there
+  assert not work.exists() and not (tmp_path / "out").exists()
