@@ -196,9 +196,7 @@ def missing_data(data_dir: str) -> list[str]:
   need += [os.path.join(LOC, n) for n in ("deeploc_val_membrane.fasta",
                                           "deeploc_train_10class_labels.csv",
                                           "deeploc_train_10class.fasta")]
-  missing = [n for n in ["pretraining"] + need
-             if not os.path.exists(os.path.join(data_dir, n))]
-  return missing
+  return [n for n in ["pretraining"] + need if not os.path.exists(os.path.join(data_dir, n))]
 
 
 def _parse_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
