@@ -325,6 +325,7 @@ def test_the_discriminator_learns_to_spot_replacements_it_can_see(monkeypatch):
   (On real proteins at the acid run's size it barely beats its base rate:
   bench/RESULTS.md.)"""
   import optax
+  from protjax.data.objectives import STANDARD_RESIDUES
   from protjax.vocab import ProtBertVocabulary
   vocab = ProtBertVocabulary()
   impossible = vocab.encode("O")[0]
@@ -335,11 +336,10 @@ def test_the_discriminator_learns_to_spot_replacements_it_can_see(monkeypatch):
   params = model.init_variables(jax.random.PRNGKey(0),
                                 {"encoder_input_tokens": (1, 16)})["params"]
   rng = np.random.default_rng(0)
-  residues = "ACDEFGHIKLMNPQRSTVWY"
 
   def batch():
-    targets = bert_tokens(["".join(rng.choice(list(residues), 30)) for _ in range(8)])
-    weights = (rng.random(targets.shape) < 0.25) & (targets > 4)
+    targets = bert_tokens(["".join(rng.choice(list(STANDARD_RESIDUES), 30)) for _ in range(8)])
+    weights = (rng.random(targets.shape) < 0.25) & np.isin(targets, vocab.residue_ids)
     return {"encoder_input_tokens": np.where(weights, vocab.mask_id, targets).astype(np.int32),
             "encoder_target_tokens": targets, "encoder_loss_weights": weights.astype(np.int32)}
 
