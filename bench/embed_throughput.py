@@ -57,6 +57,9 @@ def parse_args(argv=None):
   p.add_argument("--config", default="small",
                  help="model size: gin_configs/models/<family>_<config>.gin (random weights)")
   p.add_argument("--dtype", default="fp32", choices=sorted(DTYPE_ALIASES))
+  p.add_argument("--hf_dtype", choices=sorted(DTYPE_ALIASES),
+                 help="transformers' precision (default: --dtype); ProtTrans' "
+                      "GPU recipe runs float16")
   p.add_argument("--token_budget", type=int, help="default: protjax-embed's")
   p.add_argument("--max_length", type=int, default=4000,
                  help="proteins longer than this are dropped from the sample")
@@ -128,6 +131,7 @@ def peak_flops(args, devices) -> float | None:
 def main(argv=None) -> int:
   args = parse_args(argv)
   dtype = DTYPE_ALIASES[args.dtype]
+  hf_dtype = DTYPE_ALIASES[args.hf_dtype or args.dtype]
   import jax
   import torch
   from protjax import embed, export
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
     import transformers
     tdev = "cuda" if (devices[0].platform == "gpu" and torch.cuda.is_available()) else "cpu"
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-              "float16": torch.float16}[dtype]
+              "float16": torch.float16}[hf_dtype]
     tmp = tempfile.mkdtemp(prefix="embed_bench_")
     hf_dir = export.export_hf(params, config, os.path.join(tmp, "hf"), tokenizer=False)
     with open(os.path.join(hf_dir, "config.json")) as f:
@@ -255,12 +259,13 @@ def main(argv=None) -> int:
           f"{row['tflops_per_s']:7.3f} | {mfu:>6} | {row['human_proteome_hours']:12.2f} h |")
   if ratio is not None:
     print(f"\nprotjax / transformers: {ratio:.2f}x (forward + host copy, identical batches, "
-          f"{dtype}, medians of {args.repeats})")
+          f"protjax {dtype}, transformers {hf_dtype}, medians of {args.repeats})")
 
   load = os.getloadavg() if hasattr(os, "getloadavg") else None
   result = {
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "family": args.family, "config": args.config, "dtype": dtype, "attention_impl": emb.config.attention_impl,
+      "family": args.family, "config": args.config, "dtype": dtype,
+      "hf_dtype": hf_dtype, "attention_impl": emb.config.attention_impl,
       "hf_attention": args.hf_attention, "token_budget": emb.batching.token_budget,
       "fasta": os.path.abspath(args.fasta), "sample": len(records), "seed": args.seed,
       "residues": residues, "batches": len(batches),
@@ -277,7 +282,9 @@ def main(argv=None) -> int:
   }
   os.makedirs(args.out_dir, exist_ok=True)
   prefix = "" if args.family == "prott5" else f"{args.family}_"
-  name = f"embed_throughput_{prefix}{args.config}_{dtype}_{devices[0].platform}.json"
+  hf_suffix = "" if hf_dtype == dtype or args.no_torch else f"_hf_{hf_dtype}"
+  name = (f"embed_throughput_{prefix}{args.config}_{dtype}{hf_suffix}_"
+          f"{devices[0].platform}.json")
   with open(os.path.join(args.out_dir, name), "w") as f:
     json.dump(result, f, indent=2, default=str)
   print(f"wrote {os.path.join(args.out_dir, name)}")
