@@ -66,6 +66,9 @@ def parse_args(argv=None):
   p.add_argument("--attention_impl", default="auto", choices=("auto", "einsum", "xla"))
   p.add_argument("--hf_attention", default="sdpa", choices=("sdpa", "eager"))
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--per_shape", action="store_true",
+                 help="also time protjax's forward shape by shape (one more pass, "
+                      "each batch waited for), to see which lengths cost most")
   p.add_argument("--no_pipeline", action="store_true",
                  help="skip timing the full Embedder.embed pipeline")
   p.add_argument("--threads", type=int, default=os.cpu_count(),
@@ -232,6 +235,7 @@ def main(argv=None) -> int:
     print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
         f"{k} {v[-1]:.2f} s" for k, v in times.items() if v), flush=True)
 
+  per_shape = time_per_shape(batches, runs, args.repeats) if args.per_shape else None
   peak = peak_flops(args, devices)
   rows = {}
   for name, ts in times.items():
@@ -257,6 +261,15 @@ def main(argv=None) -> int:
     mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "n/a"
     print(f"| {name:<18} | {row['seconds_median']:8.2f} | {row['residues_per_s']:10.0f} | "
           f"{row['tflops_per_s']:7.3f} | {mfu:>6} | {row['human_proteome_hours']:12.2f} h |")
+  if per_shape:
+    print(f"\n| {'shape':>11} | {'batches':>7} | {'real tokens':>11} | {'median s':>8} | "
+          f"{'tokens/s':>8} | {'share':>5} |")
+    print(f"|{'-' * 13}|{'-' * 9}|{'-' * 13}|{'-' * 10}|{'-' * 10}|{'-' * 7}|")
+    total = sum(r["seconds_median"] for r in per_shape)
+    for r in per_shape:
+      print(f"| {str(tuple(r['shape'])):>11} | {r['batches']:7d} | {r['real_tokens']:11d} | "
+            f"{r['seconds_median']:8.2f} | {r['real_tokens'] / r['seconds_median']:8.0f} | "
+            f"{100 * r['seconds_median'] / total:4.0f}% |")
   if ratio is not None:
     print(f"\nprotjax / transformers: {ratio:.2f}x (forward + host copy, identical batches, "
           f"protjax {dtype}, transformers {hf_dtype}, medians of {args.repeats})")
@@ -278,7 +291,7 @@ def main(argv=None) -> int:
       "torch_threads": torch.get_num_threads(), "loadavg_end": load,
       "versions": {"jax": jax.__version__, "torch": torch.__version__,
                    "transformers": __import__("transformers").__version__},
-      "results": rows, "protjax_over_transformers": ratio,
+      "results": rows, "protjax_over_transformers": ratio, "per_shape": per_shape,
   }
   os.makedirs(args.out_dir, exist_ok=True)
   prefix = "" if args.family == "prott5" else f"{args.family}_"
@@ -289,6 +302,28 @@ def main(argv=None) -> int:
     json.dump(result, f, indent=2, default=str)
   print(f"wrote {os.path.join(args.out_dir, name)}")
   return 0
+
+
+def time_per_shape(batches, runs, repeats: int) -> list[dict]:
+  """protjax's forward + host copy per batch shape: medians over `repeats`
+  passes, each batch waited for before the next (so no overlap between shapes)."""
+  import collections
+  by_shape = collections.defaultdict(list)
+  for batch, n, long in batches:
+    by_shape[batch["tokens"].shape].append((batch, n, long))
+  out = []
+  for shape in sorted(by_shape, key=lambda s: (s[1], s[0])):
+    group = by_shape[shape]
+    seconds = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      for batch, n, long in group:
+        np.asarray(runs[long](batch)[0])
+      seconds.append(time.perf_counter() - t0)
+    out.append({"shape": list(shape), "batches": len(group),
+                "real_tokens": int(sum((b["segment_ids"] > 0).sum() for b, _, _ in group)),
+                "seconds": seconds, "seconds_median": statistics.median(seconds)})
+  return out
 
 
 def dataclasses_replace(config, **kw):
