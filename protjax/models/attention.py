@@ -64,8 +64,12 @@ class RelativeBias:
     buckets = relative_position_bucket(
         k_pos[:, None, :] - q_pos[:, :, None], bidirectional=self.bidirectional,
         num_buckets=self.table.shape[1], max_distance=self.max_distance)  # [b, q', k']
-    bias = jnp.take(jnp.asarray(self.table, jnp.float32), buckets, axis=1)  # [h, b, q', k']
-    return jnp.transpose(bias, (1, 0, 2, 3))
+    table = jnp.asarray(self.table, jnp.float32)
+    # One gather per head, stacked on axis 1, so that XLA lays the bias out as
+    # [b, heads, q', k'], the order in which every layer adds it. One gather
+    # over all heads left it as [b*q'*k', heads], read with a stride in every
+    # layer: 4% to 11% slower forward (512 to 1,536 tokens, ProtT5-small, CPU).
+    return jnp.stack([jnp.take(table[h], buckets) for h in range(table.shape[0])], axis=1)
 
   def materialize(self) -> jnp.ndarray:
     """`[batch|1, heads, q, k]` float32."""
