@@ -132,9 +132,12 @@ def test_blockwise_memory_is_linear_in_length():
 
   small, large = 1024, 4096
   block_ratio = temp_bytes("blockwise", large) / temp_bytes("blockwise", small)
-  full_ratio = temp_bytes("einsum", large) / temp_bytes("einsum", small)
   assert block_ratio < 6, block_ratio  # 4x length -> ~4x memory
-  assert full_ratio > 12, full_ratio  # 4x length -> ~16x memory
+  # The reference holds at least one [heads, q, k] float32 tensor (how many
+  # more depends on XLA's buffer reuse); blockwise a small fraction of one.
+  scores_bytes = 2 * large * large * 4
+  assert temp_bytes("einsum", large) >= scores_bytes
+  assert temp_bytes("blockwise", large) < scores_bytes / 16
 
 
 def test_dropout_on_attention_weights():

@@ -124,9 +124,12 @@ def _einsum_attention(query, key, value, bias, mask, dropout_rate, dropout_rng, 
   weights = p / jnp.maximum(jnp.sum(p, axis=-1, keepdims=True), 1e-30)
   if dropout_rng is not None and dropout_rate > 0.0:
     weights = layers.dropout(weights, dropout_rate, dropout_rng)
-  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value,
-                   preferred_element_type=jnp.float32)
-  return out.astype(dtype)
+  # Values as [b, h, k, d] and the output as [b, h, q, d], transposed after:
+  # "bhqk,bkhd->bqhd" made XLA:CPU transpose the whole [q, k] weight tensor
+  # in every layer (ProtT5-small forward 4% to 14% slower, 512 to 1,536 tokens).
+  out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(value.dtype),
+                   jnp.transpose(value, (0, 2, 1, 3)), preferred_element_type=jnp.float32)
+  return jnp.transpose(out, (0, 2, 1, 3)).astype(dtype)
 
 
 def _fused_attention(query, key, value, bias, mask, dtype):
