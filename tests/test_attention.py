@@ -70,6 +70,7 @@ def test_blockwise_matches_reference(length, block, bidirectional, causal):
   # Padding rows (segment 0) see no key and give zeros on both paths.
   seg = np.asarray(mask.q_segments)
   assert np.all(np.asarray(out)[seg == 0] == 0.0)
+  assert np.all(np.asarray(ref)[seg == 0] == 0.0)
   assert np.abs(np.asarray(ref)[seg > 0]).mean() > 0.1
 
 
