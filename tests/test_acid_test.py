@@ -373,7 +373,8 @@ def test_default_run_is_the_familys_model_on_a_schedule_ending_at_its_last_step(
       assert gin.query_parameter("train.train_steps").scoped_configurable_fn() == steps
       rate = gin.get_configurable(optim.linear_warmup_decay)()
       peak = gin.query_parameter("linear_warmup_decay.peak_rate")
-      assert float(rate(1000)) == pytest.approx(peak)
+      warmup = gin.query_parameter("linear_warmup_decay.warmup_steps")
+      assert float(rate(warmup)) == pytest.approx(peak)
       assert float(rate(steps - 1)) > 0 and float(rate(steps)) == 0
     finally:
       gin.clear_config()
