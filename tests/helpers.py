@@ -40,3 +40,23 @@ def batch_shapes(family, batch: int = 1, length: int = 8) -> dict:
   if family.full_kind == "lm":  # ProtTXL's stream
     return {"decoder_input_tokens": (batch, length)}
   return {"encoder_input_tokens": (batch, length)}
+
+
+def adam_fit(loss_fn, params, next_batch, steps: int, learning_rate: float = 1e-2):
+  """`steps` jitted Adam updates of `loss_fn(params, batch, step) -> (loss, metrics)`,
+  each on a fresh `next_batch()`; returns the params. For the short runs that
+  show an objective can learn what its inputs let it see."""
+  import jax
+  import optax
+  optimizer = optax.adam(learning_rate)
+
+  @jax.jit
+  def update(params, opt_state, batch, step):
+    grads, _ = jax.grad(loss_fn, has_aux=True)(params, batch, step)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = optimizer.init(params)
+  for step in range(steps):
+    params, opt_state = update(params, opt_state, next_batch(), step)
+  return params

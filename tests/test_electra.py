@@ -22,7 +22,7 @@ from protjax.errors import InputError
 from protjax.hf import electra as hf_electra
 from protjax.models import bert, electra, registry
 
-from helpers import bert_tokens, rel_error
+from helpers import adam_fit, bert_tokens, rel_error
 
 SEQUENCES = ["MGCMKSKQTFPFPTIYEGEKQHESEEPFMPEERCLPRMASPVNVKEEVKEPPGTNTVILE",
              "MPMKSLRNDHGTLKAMIGSDFNELTIAAKNLATHAF", "MNWTAATCWALL"]
@@ -324,7 +324,6 @@ def test_the_discriminator_learns_to_spot_replacements_it_can_see(monkeypatch):
   the token tells a replacement, and a short run spots nearly all of them.
   (On real proteins at the acid run's size it barely beats its base rate:
   bench/RESULTS.md.)"""
-  import optax
   from protjax.data.objectives import STANDARD_RESIDUES
   from protjax.vocab import ProtBertVocabulary
   vocab = ProtBertVocabulary()
@@ -343,18 +342,8 @@ def test_the_discriminator_learns_to_spot_replacements_it_can_see(monkeypatch):
     return {"encoder_input_tokens": np.where(weights, vocab.mask_id, targets).astype(np.int32),
             "encoder_target_tokens": targets, "encoder_loss_weights": weights.astype(np.int32)}
 
-  optimizer = optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, opt_state, batch):
-    grads, metrics = jax.grad(lambda p: model.loss_fn(p, batch, None), has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, metrics
-
-  opt_state = optimizer.init(params)
   _, before = model.loss_fn(params, batch(), None)
-  for _ in range(60):
-    params, opt_state, _ = step(params, opt_state, batch())
+  params = adam_fit(lambda p, b, step: model.loss_fn(p, b, None), params, batch, 60)
   _, after = model.loss_fn(params, batch(), None)
   accuracies = lambda m: (float(m["discriminator_replaced_accuracy"]),
                           float(m["discriminator_original_accuracy"]))

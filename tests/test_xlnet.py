@@ -23,7 +23,7 @@ from protjax.hf import xlnet as hf_xlnet
 from protjax.models import recurrence, registry, xlnet
 from protjax.vocab import ProtBertVocabulary
 
-from helpers import pad_rows, rel_error
+from helpers import adam_fit, pad_rows, rel_error
 from test_family_road import SEQUENCES, TOLERANCE, cli
 
 # Memory shorter than a segment, so the parity covers its truncation.
@@ -285,7 +285,6 @@ def test_the_query_stream_learns_from_the_context_it_can_see():
   stream learns to copy within a short run, while residue frequencies alone
   give 1 in 20. (On real proteins at the acid run's size ProtXLNet stays at
   the most frequent residue's accuracy: bench/RESULTS.md.)"""
-  import optax
   from protjax.data.objectives import STANDARD_RESIDUES
   model = xlnet.PermutationLMModel(registry.get_family("protxlnet").get_config("tiny"))
   params = model.init_variables(jax.random.PRNGKey(0),
@@ -296,17 +295,8 @@ def test_the_query_stream_learns_from_the_context_it_can_see():
     halves = ["".join(rng.choice(list(STANDARD_RESIDUES), 15)) for _ in range(8)]
     return {"encoder_input_tokens": jnp.asarray(tokenize([h + h for h in halves]))}
 
-  optimizer = optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, opt_state, batch, key):
-    grads, _ = jax.grad(lambda p: model.loss_fn(p, batch, key), has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  opt_state = optimizer.init(params)
-  for i in range(120):
-    params, opt_state = step(params, opt_state, batch(), jax.random.PRNGKey(i))
+  params = adam_fit(lambda p, b, step: model.loss_fn(p, b, jax.random.PRNGKey(step)),
+                    params, batch, 120)
   accuracy = np.mean([float(model.loss_fn(params, batch(), None)[1]["accuracy"])
                       for _ in range(4)])
   assert accuracy > 0.6, accuracy
