@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.45
 # Compiling ProtT5-base's train step on an H200 took over 150 s (RESULTS.md):
 # JAX's persistent cache lets the timed run reuse what --compile_only built
 # (on this CPU the timed run found the train step in the cache: tiny, 2026-11-30).
-export JAX_COMPILATION_CACHE_DIR="$out/jax_cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
+export JAX_COMPILATION_CACHE_DIR="${TMPDIR:-/tmp}/protjax_jax_cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import jax, flax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, jax.devices())"
 step() {  # config batch limit_s [flags]
