@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -229,7 +230,7 @@ def test_no_step_restores_renames_nothing(tmp_path):
   assert sorted(os.listdir(checkpoints.checkpoint_dir(tmp_path))) == ["1", "2"]
 
 
-def _abandon_a_failed_read(new_loop) -> list:
+def _abandon_a_failed_read() -> list:
   """Runs, as orbax does after one read failed, a loop that finishes with
   another read failed and never awaited, then closes it; returns that read."""
   async def failing_read():
@@ -241,7 +242,7 @@ def _abandon_a_failed_read(new_loop) -> list:
     await asyncio.sleep(0)
 
   abandoned = []
-  loop = new_loop()
+  loop = asyncio.new_event_loop()
   loop.run_until_complete(restore(abandoned))
   loop.close()
   return abandoned
@@ -253,11 +254,9 @@ def test_a_read_abandoned_by_a_failed_restore_is_not_reported_when_collected(cap
   abandoned are collected whenever the garbage collector runs, after the
   restore returned, and must not log 'Task exception was never retrieved'
   then (CI saw 238 such lines). Without `_quiet_orbax` they do."""
-  if quiet:
-    with checkpoints._quiet_orbax():  # pylint: disable=protected-access
-      abandoned = _abandon_a_failed_read(asyncio.new_event_loop)
-  else:
-    abandoned = _abandon_a_failed_read(asyncio.new_event_loop)
+  with (checkpoints._quiet_orbax() if quiet  # pylint: disable=protected-access
+        else contextlib.nullcontext()):
+    abandoned = _abandon_a_failed_read()
   with caplog.at_level(logging.ERROR, logger="asyncio"):
     abandoned.clear()
     gc.collect()
