@@ -23,6 +23,7 @@ GPU later:          python bench/embed_throughput.py --config xl --dtype bf16 \
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import inspect
 import json
@@ -307,7 +308,6 @@ def main(argv=None) -> int:
 def time_per_shape(batches, runs, repeats: int) -> list[dict]:
   """protjax's forward + host copy per batch shape: medians over `repeats`
   passes, each batch waited for before the next (so no overlap between shapes)."""
-  import collections
   by_shape = collections.defaultdict(list)
   for batch, n, long in batches:
     by_shape[batch["tokens"].shape].append((batch, n, long))
